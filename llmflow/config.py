@@ -1,0 +1,385 @@
+"""The pipeline configuration: one pydantic model per step, composed into `PipelineConfig`.
+
+Configs are data, validated once at the edge (YAML preset + `--set a.b=c` overrides, or the
+typed parameter form of a Prefect deployment). Every model forbids unknown keys so a typo is an
+error that names the key, never a silently ignored setting. A step's store key hashes its own
+section only, so changing one step's settings recomputes that step and what depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+class SourceConfig(Section):
+    """One input source. `kind` says how to read it; `license` is recorded on every document."""
+
+    name: str = Field(description="Short name recorded as each document's `source`.")
+    kind: Literal["builtin", "text", "jsonl", "parquet", "csv", "hf"] = Field(
+        description="builtin: a corpus shipped with llmflow (path = 'pydocs'); text: a folder of "
+        ".txt/.md files; jsonl/parquet/csv: files or a folder of them; hf: a Hugging Face dataset "
+        "by hub name or local path."
+    )
+    path: str = Field(description="File, folder, glob, builtin name, or HF dataset name/path.")
+    glob: str = Field(default="**/*", description="For folders: which files to read (recursive glob).")
+    text_field: str = Field(default="text", description="Column/field holding the text.")
+    split: str = Field(default="train", description="HF dataset split.")
+    hf_config: str | None = Field(default=None, description="HF dataset configuration name.")
+    license: str = Field(default="unknown", description="Declared licence, carried in every document's meta.")
+    include_packages: bool = Field(
+        default=False, description="builtin:pydocs only: add docstrings of installed packages (tens of MB)."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Read at most this many documents.")
+
+
+class IngestConfig(Section):
+    sources: list[SourceConfig] = Field(
+        default_factory=lambda: [
+            SourceConfig(name="pydocs", kind="builtin", path="pydocs", license="PSF-2.0")
+        ],
+        min_length=1,
+    )
+    shard_docs: int = Field(default=5000, ge=1, description="Documents per output shard (bounds memory).")
+    min_chars: int = Field(default=1, ge=0, description="Shorter texts are rejected as invalid:empty.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        if len(names) != len(set(names)):
+            raise ValueError(f"source names must be unique, got {names}")
+        return v
+
+
+class TaskDataConfig(Section):
+    """The supervised fine-tuning/evaluation task (prompt -> response pairs)."""
+
+    source: str = Field(
+        default="builtin:pydocs-summary",
+        description="builtin:pydocs-summary (signature + docstring body -> one-line summary) or a "
+        "JSONL/Parquet file with prompt/response or messages.",
+    )
+    validation_fraction: float = Field(default=0.05, ge=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
+    max_prompt_chars: int = Field(default=1200, ge=64)
+    limit: int | None = Field(default=None, ge=1, description="Keep at most this many examples.")
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+class NormalizeConfig(Section):
+    enabled: bool = True
+    fix_mojibake: bool = Field(default=True, description="Repair mojibake with ftfy when installed.")
+
+
+class QualityConfig(Section):
+    """Gopher / C4 / FineWeb style heuristics (see tasks/filters.py for each rule's origin)."""
+
+    enabled: bool = True
+    min_words: int = Field(default=50, ge=0, description="Gopher: at least 50 words.")
+    max_words: int = Field(default=100_000, ge=1, description="Gopher: at most 100,000 words.")
+    min_mean_word_length: float = Field(default=3.0, ge=0, description="Gopher: mean word length >= 3.")
+    max_mean_word_length: float = Field(default=10.0, ge=1, description="Gopher: mean word length <= 10.")
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0, description="Gopher: '#' and '...' per word.")
+    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
+    min_alpha_words_ratio: float = Field(
+        default=0.8, ge=0, le=1, description="Gopher: 80% of words alphabetic."
+    )
+    min_stop_words: int = Field(default=2, ge=0, description="Gopher: at least 2 English stop words.")
+    max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_duplicate_paragraph_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_top_ngram_char_fraction: float = Field(default=0.2, ge=0, le=1, description="Gopher: top 2-gram.")
+    min_line_punct_ratio: float = Field(
+        default=0.0, ge=0, le=1, description="FineWeb: lines ending in punctuation (0 = off)."
+    )
+    max_short_line_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="FineWeb: lines under 30 chars (1 = off)."
+    )
+
+
+class LangIdConfig(Section):
+    enabled: bool = True
+    allow: list[str] = Field(
+        default_factory=lambda: ["en"], description="Allowed ISO 639-1 codes; empty = all."
+    )
+    min_score: float = Field(default=0.0, ge=0, le=1)
+
+
+class ToxicityConfig(Section):
+    enabled: bool = True
+    max_score: float = Field(default=0.02, ge=0, le=1, description="Share of words on the block list.")
+
+
+class MinHashConfig(Section):
+    enabled: bool = True
+    num_perm: int = Field(default=112, ge=16, le=1024)
+    threshold: float = Field(default=0.8, gt=0, lt=1, description="Target Jaccard similarity.")
+    shingle_words: int = Field(default=5, ge=1, le=32)
+    verify_jaccard: bool = Field(default=True, description="Check candidate pairs by true Jaccard.")
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+
+
+class PiiConfig(Section):
+    enabled: bool = True
+
+
+class DecontaminateConfig(Section):
+    enabled: bool = True
+    ngram: int = Field(default=13, ge=4, le=64)
+
+
+class PrepareConfig(Section):
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    langid: LangIdConfig = Field(default_factory=LangIdConfig)
+    toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    validation_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Split by id hash.")
+
+
+# --------------------------------------------------------------------------- tokenizer / pack
+
+
+class TokenizerConfig(Section):
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = Field(default=8000, ge=64, le=262_144)
+    character_coverage: float = Field(default=0.9995, gt=0.9, le=1.0)
+    max_sentences: int = Field(default=200_000, ge=100, description="Sample at most this many lines.")
+    byte_fallback: bool = True
+
+
+class PackConfig(Section):
+    workers: int = Field(default=0, ge=0, description="Encoding processes; 0 = all cores.")
+
+
+# --------------------------------------------------------------------------- model training
+
+
+class PretrainConfig(Section):
+    preset: str = Field(default="tiny", description="Architecture preset from model/presets.py.")
+    seq_len: int = Field(default=256, ge=8, le=32_768)
+    batch_size: int = Field(default=16, ge=1, description="Sequences per micro-batch per process.")
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=20, ge=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    max_steps: int = Field(default=200, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    sliding_window: int | None = Field(
+        default=None, ge=8, description="Sparse (sliding-window) attention span."
+    )
+    tie_embeddings: bool = True
+    eval_every: int = Field(default=50, ge=1)
+    eval_batches: int = Field(default=8, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    num_processes: int = Field(default=1, ge=1, description=">1 runs `accelerate launch` as a subprocess.")
+    seed: int = 1234
+
+
+class FinetuneConfig(Section):
+    method: Literal["lora", "prompt", "full"] = "lora"
+    lora_r: int = Field(default=16, ge=1, le=512)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    num_virtual_tokens: int = Field(default=16, ge=1, le=512)
+    prompt_init_text: str = "Summarize the documented Python function in one line."
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    batch_size: int = Field(default=16, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    max_len: int = Field(default=256, ge=16)
+    warmup_steps: int = Field(default=10, ge=0)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    seed: int = 1234
+
+
+class EvaluateConfig(Section):
+    max_samples: int = Field(default=200, ge=1, description="Test examples to generate for.")
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    batch_size: int = Field(default=16, ge=1)
+    bpb_batches: int = Field(default=16, ge=1, description="Validation batches for bits per byte.")
+    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs.")
+    bias: bool = Field(default=True, description="Run the bias and fairness suite.")
+    seed: int = 1234
+
+
+class Threshold(Section):
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError(f"threshold for {self.metric!r} needs min or max")
+        return self
+
+
+class ChangeThreshold(Section):
+    """TFX-style: diff = challenger - champion; relative = diff / champion."""
+
+    metric: str
+    direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
+    absolute: float | None = Field(default=None, description="Allowed worsening, absolute (>= 0).")
+    relative: float | None = Field(default=None, description="Allowed worsening, relative (>= 0).")
+
+
+class GateConfig(Section):
+    value_thresholds: list[Threshold] = Field(
+        default_factory=lambda: [Threshold(metric="rougeL", min=0.0), Threshold(metric="val_bpb", max=8.0)]
+    )
+    change_thresholds: list[ChangeThreshold] = Field(
+        default_factory=lambda: [ChangeThreshold(metric="rougeL", absolute=0.01)]
+    )
+    promote: bool = Field(default=True, description="Promote to champion when the gate passes.")
+    seed: int = 1234
+
+
+class PipelineConfig(Section):
+    """The whole pipeline. Each section configures one step."""
+
+    name: str = Field(default="llmflow", description="Run name, used for the registry's model name.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    task_data: TaskDataConfig = Field(default_factory=TaskDataConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line that names the key."""
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{loc}'"
+    return f"invalid value for '{loc}': {first['msg']}"
+
+
+def resolve_preset(name_or_path: str | os.PathLike[str]) -> Path:
+    """A preset name (`demo`) or a YAML path."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown preset '{name_or_path}' (known: {known})")
+    return candidate
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (['a','b'], parsed c). Values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                    continue
+                except (ValueError, IndexError):
+                    raise ConfigError(f"bad list index '{part}' in override '{item}'") from None
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict | list):
+                raise ConfigError(
+                    f"'{'.'.join(path[: i + 1])}' is a value, not a section (override '{item}')"
+                )
+            node = nxt
+        if isinstance(node, list):
+            try:
+                node[int(path[-1])] = value
+            except (ValueError, IndexError):
+                raise ConfigError(f"bad list index '{path[-1]}' in override '{item}'") from None
+        else:
+            node[path[-1]] = value
+    return data
+
+
+def load_config(
+    preset: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
+    """Load a preset (name or YAML path), apply `a.b=c` overrides, validate. Raises ConfigError."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        path = resolve_preset(preset)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON for hashing: sorted keys, no whitespace, pydantic models dumped first."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

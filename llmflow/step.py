@@ -1,0 +1,134 @@
+"""Running one workflow step against the artifact store, with or without Prefect.
+
+A step is a plain function `fn(ctx: StepContext) -> dict` that reads its inputs through
+`ctx.input_path(name)`, writes its files under `ctx.out`, and returns the stats recorded in the
+manifest. `run_step` computes the key, returns the stored artifact when it is complete (unless
+forced), and otherwise stages, runs and publishes it. The Prefect wrapper (tasks/common.py) adds
+the cache policy, retries and UI artifacts on top; tests call `run_step` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmflow.store import ArtifactStore, StepRef, step_key
+
+log = logging.getLogger("llmflow")
+
+ProgressFn = Callable[[float, float, str], None]
+PublishFn = Callable[[str, str, Any], None]
+
+
+@dataclass
+class StepContext:
+    """What a step function sees: its config section, its inputs, where to write, how to report."""
+
+    step: str
+    key: str
+    config: Any
+    inputs: Mapping[str, StepRef]
+    store: ArtifactStore
+    out: Path
+    extra: Any = None
+    logger: logging.Logger = field(default_factory=lambda: log)
+    on_progress: ProgressFn | None = None
+    on_publish: PublishFn | None = None
+
+    def input_path(self, name: str) -> Path:
+        return self.store.local_path(self.inputs[name])
+
+    def input_stats(self, name: str) -> dict[str, Any]:
+        return self.inputs[name].stats
+
+    def progress(self, done: float, total: float, message: str = "") -> None:
+        """Report progress of long work (a Prefect progress artifact, or nothing)."""
+        if self.on_progress is not None:
+            self.on_progress(done, total, message)
+
+    def report(self, markdown: str, name: str = "report") -> None:
+        """A markdown report: saved as `<name>.md` in the output and shown in the Prefect UI."""
+        (self.out / f"{name}.md").write_text(markdown)
+        if self.on_publish is not None:
+            self.on_publish("markdown", name, markdown)
+
+    def table(self, rows: list[dict[str, Any]], name: str) -> None:
+        """A table for the Prefect UI (the data also belongs in the step's own files)."""
+        if self.on_publish is not None:
+            self.on_publish("table", name, rows)
+
+    def image(self, path: Path, name: str, caption: str = "") -> None:
+        """A picture (e.g. the loss curve) shown in the Prefect UI as an inline markdown image."""
+        if self.on_publish is not None:
+            self.on_publish("image", name, {"path": str(path), "caption": caption})
+
+
+StepFn = Callable[[StepContext], dict[str, Any]]
+
+
+def compute_key(
+    step: str, version: int | str, config: Any, inputs: Mapping[str, StepRef] | None, extra: Any = None
+) -> str:
+    return step_key(step, version, config, {k: v.key for k, v in (inputs or {}).items()}, extra)
+
+
+def run_step(
+    step: str,
+    version: int | str,
+    fn: StepFn,
+    config: Any,
+    inputs: Mapping[str, StepRef] | None = None,
+    *,
+    store: ArtifactStore | None = None,
+    force: bool = False,
+    extra: Any = None,
+    on_progress: ProgressFn | None = None,
+    on_publish: PublishFn | None = None,
+    logger: logging.Logger | None = None,
+) -> StepRef:
+    store = store or ArtifactStore()
+    inputs = dict(inputs or {})
+    key = compute_key(step, version, config, inputs, extra)
+    if not force:
+        ref = store.ref(step, key, status="cached")
+        if ref is not None:
+            ref.seconds = 0.0
+            return ref
+    t0 = time.time()
+    manifest: dict[str, Any] = {
+        "step": step,
+        "version": str(version),
+        "key": key,
+        "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
+        "inputs": {k: {"step": v.step, "key": v.key} for k, v in inputs.items()},
+    }
+    if extra is not None:
+        manifest["extra"] = extra
+    with store.write(step, key, manifest) as out:
+        ctx = StepContext(
+            step=step,
+            key=key,
+            config=config,
+            inputs=inputs,
+            store=store,
+            out=out,
+            extra=extra,
+            logger=logger or log,
+            on_progress=on_progress,
+            on_publish=on_publish,
+        )
+        stats = fn(ctx) or {}
+        manifest["stats"] = stats
+        manifest["seconds"] = round(time.time() - t0, 3)
+    return StepRef(
+        step=step,
+        key=key,
+        uri=store.uri(step, key),
+        stats=stats,
+        status="ran",
+        seconds=round(time.time() - t0, 3),
+    )

@@ -1,0 +1,163 @@
+"""The thin Prefect layer over a step: cache policy, retries, UI artifacts, progress.
+
+`step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key.
+Prefect does not know the files behind a result, so the policy only offers the key when the
+artifact's manifest still exists; a cache hit whose files were deleted is rebuilt. `force=True`
+bypasses both the Prefect cache and the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.events import emit_event
+
+from llmflow.step import StepFn, compute_key, run_step
+from llmflow.store import ArtifactStore, StepRef
+
+
+class StoreKeyPolicy(CachePolicy):
+    """Cache key = the artifact store key, offered only while the artifact is complete."""
+
+    def __init__(self, step: str, version: int | str):
+        super().__init__()
+        self.step = step
+        self.version = version
+
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        if inputs.get("force"):
+            return None
+        store = ArtifactStore(inputs.get("home"))
+        key = compute_key(
+            self.step, self.version, inputs["config"], inputs.get("inputs") or {}, inputs.get("extra")
+        )
+        if not store.exists(self.step, key):
+            return None
+        return f"llmflow-{self.step}-{key}"
+
+
+def _artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+class _PrefectReporter:
+    """Turns StepContext progress and reports into Prefect artifacts (best effort)."""
+
+    def __init__(self, step: str):
+        self.step = step
+        self.logger = get_run_logger()
+        self.progress_id = None
+        self.last = 0.0
+
+    def progress(self, done: float, total: float, message: str) -> None:
+        frac = 100.0 * (done / total) if total else 0.0
+        now = time.time()
+        if self.progress_id is not None and now - self.last < 2.0 and done < total:
+            return
+        self.last = now
+        desc = f"{self.step}: {message}" if message else self.step
+        try:
+            if self.progress_id is None:
+                self.progress_id = create_progress_artifact(
+                    frac, key=_artifact_key(self.step, "progress"), description=desc
+                )
+            else:
+                update_progress_artifact(self.progress_id, frac, description=desc)
+        except Exception as e:  # the UI is a view; never fail a step over it
+            self.logger.debug("progress artifact failed: %s", e)
+        if message:
+            self.logger.info("%s %.0f%% %s", self.step, frac, message)
+
+    def publish(self, kind: str, name: str, payload: Any) -> None:
+        key = _artifact_key(self.step, name)
+        try:
+            if kind == "markdown":
+                create_markdown_artifact(payload, key=key, description=f"{self.step}: {name}")
+            elif kind == "table":
+                create_table_artifact(payload, key=key, description=f"{self.step}: {name}")
+            elif kind == "image":
+                data = base64.b64encode(open(payload["path"], "rb").read()).decode()
+                md = f"### {payload.get('caption') or name}\n\n![{name}](data:image/png;base64,{data})\n"
+                create_markdown_artifact(md, key=key, description=f"{self.step}: {name}")
+        except Exception as e:
+            self.logger.warning("could not publish %s artifact %s: %s", kind, key, e)
+
+
+EventsFn = Callable[[StepRef], list[tuple[str, str, dict[str, Any]]]]
+
+
+def emit_step_events(events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Emit (event name, resource id, payload) triples as Prefect events."""
+    for event, resource, payload in events:
+        emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
+
+
+def step_task(
+    name: str,
+    version: int | str,
+    fn: StepFn,
+    *,
+    retries: int = 1,
+    retry_delay_seconds: float = 5,
+    description: str | None = None,
+    events: EventsFn | None = None,
+):
+    """A Prefect task running `fn` as step `name` through the artifact store.
+
+    `events(ref)` lists the events to emit after the step ran (not when it was cached).
+    """
+
+    @task(
+        name=name,
+        description=description or (fn.__doc__ or "").strip().split("\n")[0],
+        cache_policy=StoreKeyPolicy(name, version),
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        persist_result=True,
+        log_prints=True,
+    )
+    def _run(
+        config: Any,
+        inputs: Mapping[str, StepRef] | None = None,
+        home: str | None = None,
+        force: bool = False,
+        extra: Any = None,
+    ) -> StepRef:
+        reporter = _PrefectReporter(name)
+        ref = run_step(
+            name,
+            version,
+            fn,
+            config,
+            inputs,
+            store=ArtifactStore(home),
+            force=force,
+            extra=extra,
+            on_progress=reporter.progress,
+            on_publish=reporter.publish,
+            logger=reporter.logger,
+        )
+        reporter.logger.info("%s %s: %s", name, ref.status, ref.uri)
+        if events is not None and ref.status == "ran":
+            emit_step_events(events(ref))
+        return ref
+
+    _run.step_name = name  # type: ignore[attr-defined]
+    _run.step_version = version  # type: ignore[attr-defined]
+    _run.step_fn = fn  # type: ignore[attr-defined]
+    return _run
