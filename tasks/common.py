@@ -12,6 +12,7 @@ import base64
 import re
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -91,7 +92,7 @@ class _PrefectReporter:
             elif kind == "table":
                 create_table_artifact(payload, key=key, description=f"{self.step}: {name}")
             elif kind == "image":
-                data = base64.b64encode(open(payload["path"], "rb").read()).decode()
+                data = base64.b64encode(Path(payload["path"]).read_bytes()).decode()
                 md = f"### {payload.get('caption') or name}\n\n![{name}](data:image/png;base64,{data})\n"
                 create_markdown_artifact(md, key=key, description=f"{self.step}: {name}")
         except Exception as e:
