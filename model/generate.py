@@ -1,0 +1,85 @@
+"""Sampling from a causal LM with transformers' `generate` (KV cache, temperature, top-k, top-p)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.chat import END
+
+
+def load(model_dir: str | Path, device: str | None = None):
+    """Load a model directory written by pretrain/finetune: (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise ValueError(f"{model_dir} has no usable tokenizer: {e}") from e
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    batch_size: int = 16,
+    seed: int | None = None,
+) -> list[str]:
+    """Continue each prompt; returns only the new text. temperature 0 = greedy.
+
+    Prompts are left-padded in batches; generation stops at `<|end|>` or eos.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    stop_ids = [tokenizer.eos_token_id]
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
+        stop_ids.append(end_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    max_ctx = getattr(model.config, "max_position_embeddings", None) or 10**9
+    outputs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        keep = max(1, max_ctx - max_new_tokens)
+        encoded = [
+            [tokenizer.bos_token_id, *ids][-keep:] if tokenizer.bos_token_id is not None else ids[-keep:]
+            for ids in encoded
+        ]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for j, ids in enumerate(encoded):
+            input_ids[j, width - len(ids) :] = torch.tensor(ids)
+            attention[j, width - len(ids) :] = 1
+        sampling = temperature > 0
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_k=top_k if sampling else None,
+            top_p=top_p if sampling else None,
+            eos_token_id=stop_ids,
+            pad_token_id=pad_id,
+        )
+        for row in out[:, width:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stop_ids), len(row))
+            outputs.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    return outputs
