@@ -36,7 +36,11 @@ class SourceConfig(Section):
         "by hub name or local path."
     )
     path: str = Field(description="File, folder, glob, builtin name, or HF dataset name/path.")
-    glob: str = Field(default="**/*", description="For folders: which files to read (recursive glob).")
+    glob: str | None = Field(
+        default=None,
+        description="For folders: which files to read (recursive glob, e.g. '**/*.txt'); default by "
+        "kind: text -> **/*.txt and **/*.md, jsonl -> **/*.jsonl, parquet -> **/*.parquet, csv -> **/*.csv.",
+    )
     text_field: str = Field(default="text", description="Column/field holding the text.")
     split: str = Field(default="train", description="HF dataset split.")
     hf_config: str | None = Field(default=None, description="HF dataset configuration name.")
@@ -55,6 +59,9 @@ class IngestConfig(Section):
         min_length=1,
     )
     shard_docs: int = Field(default=5000, ge=1, description="Documents per output shard (bounds memory).")
+    shard_mb: float = Field(
+        default=256, gt=0, description="Also close a shard once its text reaches this size."
+    )
     min_chars: int = Field(default=1, ge=0, description="Shorter texts are rejected as invalid:empty.")
 
     @field_validator("sources")
@@ -77,6 +84,12 @@ class TaskDataConfig(Section):
     validation_fraction: float = Field(default=0.05, ge=0.0, lt=0.5)
     test_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
     max_prompt_chars: int = Field(default=1200, ge=64)
+    max_summary_chars: int = Field(
+        default=120, ge=16, description="pydocs-summary: longest one-line summary."
+    )
+    include_packages: bool = Field(
+        default=False, description="pydocs-summary: also use the installed packages' docstrings."
+    )
     limit: int | None = Field(default=None, ge=1, description="Keep at most this many examples.")
 
 
@@ -180,6 +193,9 @@ class PackConfig(Section):
 
 class PretrainConfig(Section):
     preset: str = Field(default="tiny", description="Architecture preset from model/presets.py.")
+    arch: Literal["qwen3", "llama"] = Field(
+        default="qwen3", description="transformers family (see benchmarks/RESULTS.md for the choice)."
+    )
     seq_len: int = Field(default=256, ge=8, le=32_768)
     batch_size: int = Field(default=16, ge=1, description="Sequences per micro-batch per process.")
     grad_accum: int = Field(default=1, ge=1)
@@ -187,6 +203,7 @@ class PretrainConfig(Section):
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=20, ge=0)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="wsd: share of the run spent decaying.")
     optimizer: Literal["adamw", "muon"] = "adamw"
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, ge=0)
@@ -203,6 +220,9 @@ class PretrainConfig(Section):
     eval_every: int = Field(default=50, ge=1)
     eval_batches: int = Field(default=8, ge=1)
     checkpoint_every: int = Field(default=100, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+    resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
+    log_every: int = Field(default=10, ge=1)
     num_processes: int = Field(default=1, ge=1, description=">1 runs `accelerate launch` as a subprocess.")
     seed: int = 1234
 
@@ -269,6 +289,50 @@ class GateConfig(Section):
     seed: int = 1234
 
 
+class ServeConfig(Section):
+    """The serving endpoint and the feedback loop (deployments/service.py, deployments/feedback.py).
+
+    Secrets and addresses can come from the environment instead (LLMFLOW_SERVE_TOKEN,
+    LLMFLOW_FEEDBACK_URL), which keeps them out of presets and Prefect parameter forms.
+    """
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
+    port: int = Field(default=8000, ge=1, le=65_535)
+    token: str | None = Field(
+        default=None,
+        description="Bearer token required by /generate, /feedback and /model (None = open). "
+        "LLMFLOW_SERVE_TOKEN overrides it.",
+    )
+    max_prompt_chars: int = Field(default=4000, ge=1, le=1_000_000, description="Longer prompts get 413.")
+    max_feedback_chars: int = Field(
+        default=8000, ge=1, le=1_000_000, description="Limit for a correction or preferred answer (413)."
+    )
+    max_body_bytes: int = Field(default=262_144, ge=1024, description="Larger request bodies get 413.")
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Largest max_new_tokens accepted.")
+    default_new_tokens: int = Field(default=64, ge=1, le=8192, description="When a request names none.")
+    feedback_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the feedback store (postgresql://... or sqlite:///...); None = "
+        "SQLite in WAL mode at $LLMFLOW_HOME/feedback/feedback.db. LLMFLOW_FEEDBACK_URL overrides it.",
+    )
+    threshold_count: int | None = Field(
+        default=100, ge=1, description="Retrain after this many feedback items since the last retrain."
+    )
+    threshold_negative_rate: float | None = Field(
+        default=0.3, gt=0, le=1, description="Retrain when this share of new ratings is negative."
+    )
+    min_ratings_for_rate: int = Field(
+        default=20, ge=1, description="The negative rate counts only over at least this many ratings."
+    )
+    cooldown_seconds: float = Field(default=3600.0, ge=0, description="Least time between two retrains.")
+    retrain_timeout_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="A retrain pending longer than this is considered abandoned."
+    )
+    reload_interval_seconds: float = Field(
+        default=10.0, ge=0, description="How often to ask the registry for a new champion (0 = every request)."
+    )
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Each section configures one step."""
 
@@ -282,6 +346,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 # --------------------------------------------------------------------------- loading

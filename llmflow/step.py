@@ -22,6 +22,19 @@ log = logging.getLogger("llmflow")
 
 ProgressFn = Callable[[float, float, str], None]
 PublishFn = Callable[[str, str, Any], None]
+ProgressSink = Callable[[str, float, float, str], None]
+
+_progress_sink: ProgressSink | None = None
+
+
+def set_progress_sink(sink: ProgressSink | None) -> None:
+    """Where step progress goes besides Prefect (the command line's progress bars)."""
+    global _progress_sink
+    _progress_sink = sink
+
+
+def progress_sink() -> ProgressSink | None:
+    return _progress_sink
 
 
 @dataclass
@@ -49,6 +62,8 @@ class StepContext:
         """Report progress of long work (a Prefect progress artifact, or nothing)."""
         if self.on_progress is not None:
             self.on_progress(done, total, message)
+        if _progress_sink is not None:
+            _progress_sink(self.step, done, total, message)
 
     def report(self, markdown: str, name: str = "report") -> None:
         """A markdown report: saved as `<name>.md` in the output and shown in the Prefect UI."""

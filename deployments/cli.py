@@ -1,0 +1,349 @@
+"""The `llmflow` command line: one verb per step, `run` for the whole pipeline, operations.
+
+Heavy libraries (Prefect flows, torch) are imported inside the verbs that need them, so
+`llmflow --help` answers at once. A bad config is one line naming the key, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmflow.config import ConfigError, PipelineConfig, load_config
+
+app = typer.Typer(
+    help="llmflow: raw text to a trained, evaluated, continuously improving language model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PresetOpt = Annotated[
+    str, typer.Option("--config", "-c", "--preset", help="Preset name (smoke, demo, ...) or a YAML file.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute every step, ignoring caches.")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", help="Workspace root (default $LLMFLOW_HOME or ./.llmflow).")
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(preset: str, overrides: list[str] | None) -> PipelineConfig:
+    try:
+        return load_config(preset, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+        raise  # unreachable
+
+
+def _home(home: str | None) -> str:
+    home = home or os.environ.get("LLMFLOW_HOME") or "./.llmflow"
+    os.environ["LLMFLOW_HOME"] = home
+    return home
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _key_output(step: str, stats: dict[str, Any]) -> str:
+    """The one figure a person wants to see for each step."""
+
+    def g(k: str, fmt: str = "{:,}") -> str:
+        v = stats.get(k)
+        return fmt.format(v) if isinstance(v, int | float) else "?"
+
+    if step == "ingest":
+        return f"{g('documents')} docs, {g('rejected')} rejected"
+    if step == "task_data":
+        return f"{g('train')} train / {g('validation')} val / {g('test')} test examples"
+    if step == "prepare":
+        return f"{g('kept')} kept of {g('input')}, {g('train_docs')} train docs"
+    if step == "tokenizer":
+        return f"vocab {g('vocab_size')}, {g('bytes_per_token', '{:.2f}')} bytes/token"
+    if step == "pack":
+        return f"{g('train_tokens')} train tokens ({stats.get('dtype', '?')})"
+    if step == "pretrain":
+        return f"val {g('val_bpb', '{:.3f}')} bits/byte after {g('steps')} steps"
+    if step == "finetune":
+        return f"{stats.get('method', '?')}: val loss {g('val_loss', '{:.3f}')}, trainable {g('trainable_fraction', '{:.2%}')}"
+    if step == "evaluate":
+        m = stats.get("metrics", {})
+        parts = [
+            f"{k} {m[k]:.3f}" for k in ("rougeL", "bleu", "val_bpb") if isinstance(m.get(k), int | float)
+        ]
+        return ", ".join(parts) or "?"
+    if step == "gate":
+        verdict = "passed" if stats.get("passed") else "failed"
+        promoted = f", promoted {stats.get('version')} to champion" if stats.get("promoted") else ""
+        return f"{verdict}{promoted}"
+    return ""
+
+
+def _print_summary(summary: dict[str, Any], seconds: float, home: str) -> None:
+    table = Table(title="llmflow run", show_lines=False)
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("result")
+    for step, ref in summary.items():
+        status = "[green]ran[/]" if ref["status"] == "ran" else "[cyan]cached[/]"
+        table.add_row(step, status, f"{ref['seconds']:.1f}s", _key_output(step, ref.get("stats", {})))
+    console.print(table)
+    console.print(f"Total {seconds:.1f}s. Artifacts under [bold]{os.path.abspath(home)}/artifacts/[/].")
+    last = list(summary)[-1] if summary else None
+    if last:
+        console.print(f"Last step output: {summary[last]['uri']}")
+    console.print(
+        "Next: [bold]llmflow generate --model champion --prompt '...'[/] to sample, "
+        "[bold]llmflow models list[/] for the registry, [bold]llmflow server[/] for the Prefect UI."
+    )
+
+
+def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
+    cfg = _config(preset, overrides)
+    home = _home(home)
+    from prefect import flow
+
+    from deployments.progress import RichProgressSink
+    from flows.pipeline import compose
+    from llmflow.step import set_progress_sink
+
+    name = "pipeline" if until == "gate" else until
+
+    @flow(name=name, description=f"llmflow {name} (started from the command line)")
+    def _cli_flow(config: PipelineConfig, force: bool = False, home: str | None = None) -> dict[str, Any]:
+        return compose(config, until, force, home)
+
+    t0 = time.time()
+    with RichProgressSink(console) as sink:
+        set_progress_sink(sink)
+        try:
+            summary = _cli_flow(config=cfg, force=force, home=home)
+        finally:
+            set_progress_sink(None)
+    _print_summary(summary, time.time() - t0, home)
+
+
+# --------------------------------------------------------------------------- pipeline verbs
+
+
+@app.command()
+def run(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate."""
+    _run_flow("gate", config, set, force, home)
+
+
+@app.command()
+def data(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Ingest every source and prepare the data (filters, dedup, PII, split)."""
+    _run_flow("prepare", config, set, force, home)
+
+
+@app.command()
+def tokenizer(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Train the SentencePiece tokenizer on the prepared data."""
+    _run_flow("tokenizer", config, set, force, home)
+
+
+@app.command()
+def pretrain(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Pack token shards and pretrain the base model."""
+    _run_flow("pretrain", config, set, force, home)
+
+
+@app.command()
+def finetune(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Fine-tune the base model (LoRA, prompt tuning or full)."""
+    _run_flow("finetune", config, set, force, home)
+
+
+@app.command()
+def evaluate(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Evaluate the fine-tuned model: ROUGE, BLEU, F1, bits per byte, bias."""
+    _run_flow("evaluate", config, set, force, home)
+
+
+@app.command()
+def gate(
+    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+) -> None:
+    """Evaluate and gate: promote the model only when it beats the champion."""
+    _run_flow("gate", config, set, force, home)
+
+
+@app.command("config")
+def show_config(config: PresetOpt = "demo", set: SetOpt = None) -> None:
+    """Print the resolved configuration (preset + overrides) as JSON."""
+    cfg = _config(config, set)
+    console.print_json(cfg.model_dump_json())
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _registry(home: str | None, name: str):
+    from llmflow.registry import Registry
+
+    from llmflow.store import ArtifactStore
+
+    return Registry(ArtifactStore(_home(home)), name)
+
+
+NameOpt = Annotated[str, typer.Option("--name", help="Registered model name (the config's `name`).")]
+
+
+@models_app.command("list")
+def models_list(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
+    """List registered versions with their aliases and headline metrics."""
+    reg = _registry(home, name)
+    entries = reg.list()
+    if not entries:
+        console.print(f"No registered versions of '{name}' yet. Run [bold]llmflow run[/] first.")
+        return
+    table = Table(title=f"models: {name}")
+    for col in ("version", "aliases", "rougeL", "val_bpb", "created"):
+        table.add_column(col)
+    for e in entries:
+        m = e.get("metrics", {})
+        table.add_row(
+            str(e["version"]),
+            ", ".join(e.get("aliases", [])),
+            f"{m['rougeL']:.3f}" if isinstance(m.get("rougeL"), int | float) else "",
+            f"{m['val_bpb']:.3f}" if isinstance(m.get("val_bpb"), int | float) else "",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e.get("created", 0))),
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version or alias.")] = "champion",
+    home: HomeOpt = None,
+    name: NameOpt = "llmflow",
+) -> None:
+    """Show one version (or alias) as JSON: lineage, metrics, paths."""
+    entry = _registry(home, name).get(version)
+    if entry is None:
+        _fail(f"no version or alias '{version}' in registry '{name}'", code=1)
+    console.print_json(json.dumps(entry, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    home: HomeOpt = None,
+    name: NameOpt = "llmflow",
+) -> None:
+    """Make a version the champion."""
+    try:
+        _registry(home, name).promote(version)
+    except (KeyError, ValueError) as e:
+        _fail(str(e), code=1)
+    console.print(f"{version} is now the champion of '{name}'.")
+
+
+@models_app.command("rollback")
+def models_rollback(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
+    """Restore the previous champion."""
+    try:
+        entry = _registry(home, name).rollback()
+    except (KeyError, ValueError) as e:
+        _fail(str(e), code=1)
+    console.print(f"Rolled back: {entry['version'] if isinstance(entry, dict) else entry} is the champion.")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt text.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry version/alias or a model directory.")
+    ] = "champion",
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, max=5.0)] = 0.8,
+    top_k: Annotated[int | None, typer.Option(min=1)] = 50,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = 0.95,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Continue the text as is (no chat prompt format).")
+    ] = False,
+    num: Annotated[int, typer.Option("--num", "-n", min=1, max=64, help="Number of samples.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    home: HomeOpt = None,
+    name: NameOpt = "llmflow",
+) -> None:
+    """Sample from a checkpoint: a registry version or alias, or any model directory."""
+    path = Path(model)
+    if not (path / "config.json").exists():
+        entry = _registry(home, name).get(model)
+        if entry is None:
+            _fail(f"'{model}' is neither a model directory nor a version/alias in registry '{name}'", code=1)
+        path = Path(entry["model_path"])
+    from model.chat import format_prompt
+    from model.generate import generate as sample
+    from model.generate import load
+
+    try:
+        lm, tok = load(path)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), code=1)
+    text = prompt if raw else format_prompt(prompt)
+    outs = sample(
+        lm,
+        tok,
+        [text] * num,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+    for i, out in enumerate(outs):
+        if num > 1:
+            console.print(f"[bold]--- sample {i + 1}[/]")
+        console.print(out, highlight=False, markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:  # pragma: no cover - _config already turns these into exit 2
+        err_console.print(f"error: {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

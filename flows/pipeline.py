@@ -1,0 +1,62 @@
+"""The end-to-end pipeline, composed exactly as DESIGN.md draws it.
+
+sources -> ingest -> prepare -> tokenizer -> pack -> pretrain -> finetune -> evaluate -> gate
+
+Each step is a cached Prefect task (tasks/); this module only wires their inputs. `compose`
+stops after the step named by `until`, which is how the per-step flows (data, pretrain, ...)
+reuse the same wiring: the steps upstream of the target are cache hits when unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmflow.registry import Registry
+from prefect import flow
+from tasks.evaluate import evaluate
+from tasks.finetune import finetune
+from tasks.gate import gate
+from tasks.pack import pack
+from tasks.prepare import prepare
+from tasks.pretrain import pretrain
+from tasks.task_data import build_task_data
+from tasks.tokenizer import train_tokenizer
+
+from flows.runner import StepRunner
+from llmflow.config import PipelineConfig
+from llmflow.store import ArtifactStore
+from tasks.ingest import ingest
+
+STEPS = ["ingest", "task_data", "prepare", "tokenizer", "pack", "pretrain", "finetune", "evaluate", "gate"]
+
+
+def compose(
+    config: PipelineConfig, until: str = "gate", force: bool = False, home: str | None = None
+) -> dict[str, Any]:
+    if until not in STEPS:
+        raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
+    run = StepRunner(home=home, force=force, until=until)
+    docs = run(ingest, config.ingest)
+    task = run(build_task_data, config.task_data)
+    data = run(prepare, config.prepare, docs=docs, task=task)
+    tok = run(train_tokenizer, config.tokenizer, data=data)
+    shards = run(pack, config.pack, data=data, tokenizer=tok)
+    base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
+    tuned = run(finetune, config.finetune, base=base, task=task)
+    report = run(evaluate, config.evaluate, model=tuned, base=base, shards=shards, task=task)
+    champion = Registry(ArtifactStore(home), config.name).champion() if report else None
+    run(
+        gate,
+        config.gate,
+        eval=report,
+        model=tuned,
+        extra={"name": config.name, "champion": champion["version"] if champion else None},
+    )
+    return run.summary()
+
+
+@flow(name="pipeline", description="Raw text to an evaluated, gated model: every step, cached.")
+def pipeline(
+    config: PipelineConfig = PipelineConfig(), force: bool = False, home: str | None = None
+) -> dict[str, Any]:
+    return compose(config, "gate", force, home)

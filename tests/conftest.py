@@ -1,0 +1,37 @@
+"""Test isolation: a temporary PREFECT_HOME and LLMFLOW_HOME for the whole session.
+
+Prefect reads PREFECT_HOME at import, so it is set here, before any test module imports Prefect.
+Flow tests use the session-wide `prefect_harness` fixture (one temporary Prefect server).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="llmflow-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ["LLMFLOW_HOME"] = str(_SESSION_DIR / "llmflow")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def store(tmp_path):
+    from llmflow.store import ArtifactStore
+
+    return ArtifactStore(tmp_path / "home")

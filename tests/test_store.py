@@ -1,0 +1,159 @@
+"""The artifact store: atomic publication, keys, hits and misses, remote (fsspec) roots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmflow.config import PrepareConfig, TokenizerConfig
+from llmflow.step import run_step
+from llmflow.store import MANIFEST, ArtifactStore, StepRef, step_key
+
+
+def _write_step(ctx):
+    (ctx.out / "data.txt").write_text(f"config={ctx.config.vocab_size}")
+    return {"lines": 1}
+
+
+def test_key_changes_with_config_and_inputs_only():
+    a = TokenizerConfig(vocab_size=1000)
+    base = step_key("tokenizer", 1, a, {"data": "k1"})
+    assert base == step_key("tokenizer", 1, TokenizerConfig(vocab_size=1000), {"data": "k1"})
+    assert base != step_key("tokenizer", 1, TokenizerConfig(vocab_size=1001), {"data": "k1"})
+    assert base != step_key("tokenizer", 1, a, {"data": "k2"})
+    assert base != step_key("tokenizer", 2, a, {"data": "k1"})
+    assert base != step_key("pack", 1, a, {"data": "k1"})
+    # Input order does not matter; the canonical JSON is sorted.
+    assert step_key("s", 1, a, {"x": "1", "y": "2"}) == step_key("s", 1, a, {"y": "2", "x": "1"})
+
+
+def test_key_ignores_other_sections():
+    """A step hashes its own section: changing prepare does not change the tokenizer's key."""
+    from llmflow.config import PipelineConfig
+
+    c1 = PipelineConfig()
+    c2 = PipelineConfig(prepare=PrepareConfig(validation_fraction=0.1))
+    assert step_key("tokenizer", 1, c1.tokenizer, {}) == step_key("tokenizer", 1, c2.tokenizer, {})
+    assert step_key("prepare", 1, c1.prepare, {}) != step_key("prepare", 1, c2.prepare, {})
+
+
+def test_miss_then_hit(store):
+    cfg = TokenizerConfig(vocab_size=500)
+    calls = []
+
+    def fn(ctx):
+        calls.append(1)
+        return _write_step(ctx)
+
+    first = run_step("tokenizer", 1, fn, cfg, store=store)
+    assert first.status == "ran" and len(calls) == 1
+    second = run_step("tokenizer", 1, fn, cfg, store=store)
+    assert second.status == "cached" and len(calls) == 1
+    assert second.key == first.key
+    assert (store.local_path(second) / "data.txt").read_text() == "config=500"
+    m = store.manifest("tokenizer", first.key)
+    assert m["stats"] == {"lines": 1} and m["files"] == ["data.txt"] and m["config"]["vocab_size"] == 500
+
+
+def test_force_recomputes(store):
+    cfg = TokenizerConfig()
+    calls = []
+
+    def fn(ctx):
+        calls.append(1)
+        return _write_step(ctx)
+
+    run_step("tokenizer", 1, fn, cfg, store=store)
+    ref = run_step("tokenizer", 1, fn, cfg, store=store, force=True)
+    assert ref.status == "ran" and len(calls) == 2
+    assert store.exists("tokenizer", ref.key)
+
+
+def test_crashed_write_leaves_no_manifest(store):
+    cfg = TokenizerConfig()
+
+    def crash(ctx):
+        (ctx.out / "half.bin").write_bytes(b"x" * 100)
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        run_step("tokenizer", 1, crash, cfg, store=store)
+    key = step_key("tokenizer", 1, cfg, {})
+    assert store.manifest("tokenizer", key) is None
+    assert not store.exists("tokenizer", key)
+    # Nothing half-written is visible under the final name, and staging is cleaned up.
+    step_dir = store.path("artifacts", "tokenizer")
+    import os
+
+    assert os.listdir(step_dir) == []
+    # The next run rebuilds it.
+    ref = run_step("tokenizer", 1, _write_step, cfg, store=store)
+    assert ref.status == "ran" and store.exists("tokenizer", key)
+
+
+def test_incomplete_directory_is_rebuilt_not_read(store):
+    cfg = TokenizerConfig()
+    key = step_key("tokenizer", 1, cfg, {})
+    final = store.artifact_path("tokenizer", key)
+    import os
+
+    os.makedirs(final)
+    with open(os.path.join(final, "data.txt"), "w") as f:
+        f.write("stale")
+    assert store.manifest("tokenizer", key) is None
+    with pytest.raises(FileNotFoundError):
+        store.local_path(("tokenizer", key))
+    ref = run_step("tokenizer", 1, _write_step, cfg, store=store)
+    assert ref.status == "ran"
+    assert (store.local_path(ref) / "data.txt").read_text().startswith("config=")
+
+
+def test_deleted_files_are_rebuilt(store):
+    cfg = TokenizerConfig()
+    ref = run_step("tokenizer", 1, _write_step, cfg, store=store)
+    store.delete("tokenizer", ref.key)
+    again = run_step("tokenizer", 1, _write_step, cfg, store=store)
+    assert again.status == "ran"
+
+
+def test_inputs_chain_keys(store):
+    up = run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=100), store=store)
+    down1 = run_step("pack", 1, lambda ctx: {}, {"x": 1}, {"tokenizer": up}, store=store)
+    up2 = run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=200), store=store)
+    down2 = run_step("pack", 1, lambda ctx: {}, {"x": 1}, {"tokenizer": up2}, store=store)
+    assert down1.key != down2.key
+    m = store.manifest("pack", down1.key)
+    assert m["inputs"] == {"tokenizer": {"step": "tokenizer", "key": up.key}}
+
+
+def test_memory_filesystem_root_works_like_a_folder():
+    """A bucket URL goes through fsspec: the same code path works on a non-local filesystem."""
+    store = ArtifactStore("memory://llmflow-test-store")
+    assert not store.is_local
+    ref = run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=321), store=store)
+    assert ref.uri.startswith("memory://")
+    assert store.exists("tokenizer", ref.key)
+    local = store.local_path(ref)
+    assert (local / "data.txt").read_text() == "config=321"
+    assert json.loads((local / MANIFEST).read_text())["key"] == ref.key
+    cached = run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=321), store=store)
+    assert cached.status == "cached"
+
+
+def test_json_documents_are_atomic(store):
+    store.write_json({"a": 1}, "registry", "x.json")
+    assert store.read_json("registry", "x.json") == {"a": 1}
+    assert store.read_json("registry", "missing.json", default={}) == {}
+
+
+def test_list_returns_complete_artifacts(store):
+    run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=100), store=store)
+    run_step("tokenizer", 1, _write_step, TokenizerConfig(vocab_size=200), store=store)
+    assert len(store.list("tokenizer")) == 2
+    assert store.list("nothing") == []
+
+
+def test_stepref_roundtrip():
+    ref = StepRef(step="a", key="k", uri="/x", stats={"n": 1})
+    assert StepRef.model_validate_json(ref.model_dump_json()) == ref
