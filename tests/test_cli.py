@@ -1,0 +1,77 @@
+"""The command line: fast help, one-line config errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LLMFLOW = [sys.executable, "-m", "deployments.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*LLMFLOW, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = (
+        "import sys, deployments.cli; "
+        "heavy = [m for m in ('torch', 'prefect', 'transformers', 'datasets') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+    t0 = time.time()
+    res = _run("--help")
+    assert res.returncode == 0
+    assert time.time() - t0 < 10
+    for verb in (
+        "run",
+        "data",
+        "tokenizer",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "gate",
+        "generate",
+        "models",
+    ):
+        assert verb in res.stdout
+
+
+@pytest.mark.parametrize("verb", ["run", "data", "tokenizer", "pretrain", "finetune", "evaluate", "gate"])
+def test_each_verb_has_help(verb):
+    res = _run(verb, "--help")
+    assert res.returncode == 0 and "--set" in res.stdout and "--force" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "pretrain.max_stepz=3"], "unknown config key 'pretrain.max_stepz'"),
+        (["--set", "pretrain.lr=fast"], "invalid value for 'pretrain.lr'"),
+        (["--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2(args, message):
+    res = _run("run", *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_config_show_resolves_overrides():
+    res = _run("config", "--config", "smoke", "--set", "pretrain.max_steps=3")
+    assert res.returncode == 0
+    assert '"max_steps": 3' in res.stdout
+
+
+def test_models_list_empty_registry(tmp_path):
+    res = _run("models", "list", "--home", str(tmp_path))
+    assert res.returncode == 0
+    assert "No registered versions" in res.stdout

@@ -1,0 +1,60 @@
+"""The Prefect layer: the store key is the cache key, deleted files are rebuilt, force recomputes."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+
+from flows.runner import StepRunner
+from llmflow.config import TokenizerConfig
+from llmflow.store import ArtifactStore
+from tasks.common import step_task
+
+CALLS: list[str] = []
+
+
+def _count_words(ctx):
+    """Count the words of a fixed text (a stand-in step with real output)."""
+    CALLS.append(ctx.key)
+    text = "the quick brown fox jumps over the lazy dog " * ctx.config.vocab_size
+    (ctx.out / "counts.txt").write_text(str(len(text.split())))
+    ctx.progress(1, 1, "counted")
+    ctx.report("# counted\n")
+    return {"words": len(text.split())}
+
+
+count_words = step_task("count_words", 1, _count_words, retries=0)
+
+
+@flow
+def one_step(config: TokenizerConfig, home: str, force: bool = False) -> dict:
+    run = StepRunner(home=home, force=force)
+    run(count_words, config)
+    return run.summary()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_cached_rebuilt_and_forced(tmp_path):
+    home = str(tmp_path / "home")
+    cfg = TokenizerConfig(vocab_size=100)
+    CALLS.clear()
+
+    first = one_step(cfg, home)["count_words"]
+    assert first["status"] == "ran" and first["stats"] == {"words": 900}
+    assert len(CALLS) == 1
+
+    for _ in range(2):  # the second call may be served by the store, the third by Prefect's cache
+        again = one_step(cfg, home)["count_words"]
+        assert again["status"] == "cached" and again["key"] == first["key"]
+    assert len(CALLS) == 1
+
+    ArtifactStore(home).delete("count_words", first["key"])
+    rebuilt = one_step(cfg, home)["count_words"]
+    assert rebuilt["status"] == "ran" and len(CALLS) == 2
+    assert ArtifactStore(home).exists("count_words", first["key"])
+
+    forced = one_step(cfg, home, force=True)["count_words"]
+    assert forced["status"] == "ran" and len(CALLS) == 3
+
+    changed = one_step(TokenizerConfig(vocab_size=101), home)["count_words"]
+    assert changed["status"] == "ran" and changed["key"] != first["key"]
