@@ -215,7 +215,6 @@ def show_config(config: PresetOpt = "demo", set: SetOpt = None) -> None:
 
 def _registry(home: str | None, name: str):
     from llmflow.registry import Registry
-
     from llmflow.store import ArtifactStore
 
     return Registry(ArtifactStore(_home(home)), name)
