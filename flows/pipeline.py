@@ -11,21 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmflow.registry import Registry
 from prefect import flow
+
+from flows.runner import StepRunner
+from llmflow.config import PipelineConfig
+from llmflow.registry import Registry
+from llmflow.store import ArtifactStore
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 from tasks.gate import gate
+from tasks.ingest import fingerprint as sources_fingerprint
+from tasks.ingest import ingest
 from tasks.pack import pack
 from tasks.prepare import prepare
 from tasks.pretrain import pretrain
 from tasks.task_data import build_task_data
+from tasks.task_data import fingerprint as task_fingerprint
 from tasks.tokenizer import train_tokenizer
-
-from flows.runner import StepRunner
-from llmflow.config import PipelineConfig
-from llmflow.store import ArtifactStore
-from tasks.ingest import ingest
 
 STEPS = ["ingest", "task_data", "prepare", "tokenizer", "pack", "pretrain", "finetune", "evaluate", "gate"]
 
@@ -36,8 +38,9 @@ def compose(
     if until not in STEPS:
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
     run = StepRunner(home=home, force=force, until=until)
-    docs = run(ingest, config.ingest)
-    task = run(build_task_data, config.task_data)
+    # Source files can change under an unchanged config: their fingerprint joins the key.
+    docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
+    task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
     data = run(prepare, config.prepare, docs=docs, task=task)
     tok = run(train_tokenizer, config.tokenizer, data=data)
     shards = run(pack, config.pack, data=data, tokenizer=tok)

@@ -97,6 +97,8 @@ class TaskDataConfig(Section):
 
 
 class NormalizeConfig(Section):
+    """Unicode NFC, control characters, whitespace; mojibake repair (tasks/normalize.py)."""
+
     enabled: bool = True
     fix_mojibake: bool = Field(default=True, description="Repair mojibake with ftfy when installed.")
 
@@ -105,39 +107,64 @@ class QualityConfig(Section):
     """Gopher / C4 / FineWeb style heuristics (see tasks/filters.py for each rule's origin)."""
 
     enabled: bool = True
+    max_chars: int = Field(
+        default=2_000_000, ge=1, description="Longer texts are dropped before any other work (bounds memory)."
+    )
     min_words: int = Field(default=50, ge=0, description="Gopher: at least 50 words.")
     max_words: int = Field(default=100_000, ge=1, description="Gopher: at most 100,000 words.")
     min_mean_word_length: float = Field(default=3.0, ge=0, description="Gopher: mean word length >= 3.")
     max_mean_word_length: float = Field(default=10.0, ge=1, description="Gopher: mean word length <= 10.")
     max_symbol_word_ratio: float = Field(default=0.1, ge=0, description="Gopher: '#' and '...' per word.")
-    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
-    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
+    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1, description="Gopher.")
+    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
     min_alpha_words_ratio: float = Field(
-        default=0.8, ge=0, le=1, description="Gopher: 80% of words alphabetic."
+        default=0.8, ge=0, le=1, description="Gopher: 80% of words contain a letter."
     )
     min_stop_words: int = Field(default=2, ge=0, description="Gopher: at least 2 English stop words.")
-    max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1)
-    max_duplicate_paragraph_fraction: float = Field(default=0.3, ge=0, le=1)
-    max_top_ngram_char_fraction: float = Field(default=0.2, ge=0, le=1, description="Gopher: top 2-gram.")
+    max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
+    max_duplicate_paragraph_fraction: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
+    max_duplicate_line_char_fraction: float = Field(default=0.2, ge=0, le=1, description="Gopher.")
+    max_duplicate_paragraph_char_fraction: float = Field(default=0.2, ge=0, le=1, description="Gopher.")
+    max_top_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16},
+        description="Gopher: characters covered by the most frequent n-gram, per n.",
+    )
+    max_dup_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="Gopher: characters covered by repeated n-grams, per n.",
+    )
+    c4_lorem_ipsum: bool = Field(default=True, description="C4: drop documents containing 'lorem ipsum'.")
     min_line_punct_ratio: float = Field(
-        default=0.0, ge=0, le=1, description="FineWeb: lines ending in punctuation (0 = off)."
+        default=0.12, ge=0, le=1, description="FineWeb: lines ending in terminal punctuation (0 = off)."
     )
     max_short_line_ratio: float = Field(
-        default=1.0, ge=0, le=1, description="FineWeb: lines under 30 chars (1 = off)."
+        default=0.67, ge=0, le=1, description="FineWeb: lines under 30 chars (1 = off)."
+    )
+    max_fineweb_dup_line_char_fraction: float = Field(
+        default=0.01, ge=0, le=1, description="FineWeb: characters in duplicated lines (1 = off)."
     )
 
 
 class LangIdConfig(Section):
+    """Offline language ID with py3langid (its model ships in the wheel)."""
+
     enabled: bool = True
     allow: list[str] = Field(
         default_factory=lambda: ["en"], description="Allowed ISO 639-1 codes; empty = all."
     )
-    min_score: float = Field(default=0.0, ge=0, le=1)
+    min_score: float = Field(default=0.0, ge=0, le=1, description="Minimum probability of the top language.")
+    max_chars: int = Field(default=1500, ge=100, description="Classify this many leading characters.")
 
 
 class ToxicityConfig(Section):
+    """Word-list toxicity (better_profanity's list, read as data), see tasks/toxicity.py."""
+
     enabled: bool = True
     max_score: float = Field(default=0.02, ge=0, le=1, description="Share of words on the block list.")
+    ignore: list[str] = Field(
+        default_factory=lambda: ["kill", "strip", "screw", "hell", "god", "xxx", "sex", "virgin", "crap", "suck"],
+        description="Dual-use words not counted (common in technical text: `kill -9`, `str.strip`).",
+    )
 
 
 class MinHashConfig(Section):
@@ -146,6 +173,17 @@ class MinHashConfig(Section):
     threshold: float = Field(default=0.8, gt=0, lt=1, description="Target Jaccard similarity.")
     shingle_words: int = Field(default=5, ge=1, le=32)
     verify_jaccard: bool = Field(default=True, description="Check candidate pairs by true Jaccard.")
+    candidate_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="LSH candidate threshold (sets bands/rows); default threshold - 0.2 when "
+        "verifying (recall), else threshold.",
+    )
+    verify_cache_docs: int = Field(
+        default=50_000, ge=0, description="Kept docs whose shingles stay in memory for verification."
+    )
+    seed: int = 1
 
 
 class DedupConfig(Section):
@@ -154,12 +192,25 @@ class DedupConfig(Section):
 
 
 class PiiConfig(Section):
+    """Typed placeholders for email, phone, IP, credit card, SSN, IBAN, secrets (tasks/pii.py)."""
+
     enabled: bool = True
+    types: list[str] = Field(
+        default_factory=lambda: ["email", "phone", "ipv4", "ipv6", "credit_card", "ssn", "iban", "secret"],
+        description="PII types to redact.",
+    )
 
 
 class DecontaminateConfig(Section):
+    """Drop documents sharing a word n-gram with the task's test/validation prompts and responses."""
+
     enabled: bool = True
     ngram: int = Field(default=13, ge=4, le=64)
+    min_matches: int = Field(default=1, ge=1, description="Shared n-grams needed to drop a document.")
+    min_words: int = Field(
+        default=8, ge=1, description="Items shorter than ngram but at least this long are matched whole."
+    )
+    splits: list[str] = Field(default_factory=lambda: ["test", "validation"])
 
 
 class PrepareConfig(Section):
@@ -171,21 +222,39 @@ class PrepareConfig(Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     validation_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Split by id hash.")
+    workers: int = Field(default=1, ge=0, description="Processes for the per-shard work; 0 = all cores.")
+    examples_per_reason: int = Field(default=3, ge=0, description="Reject examples in the data report.")
 
 
 # --------------------------------------------------------------------------- tokenizer / pack
 
 
 class TokenizerConfig(Section):
+    """SentencePiece training on the prepared train split (lossless: identity normalisation)."""
+
     model_type: Literal["bpe", "unigram"] = "bpe"
-    vocab_size: int = Field(default=8000, ge=64, le=262_144)
+    vocab_size: int = Field(
+        default=8000,
+        ge=64,
+        le=262_144,
+        description="Pieces incl. 4 specials, 256 byte pieces and the newline/role symbols. Larger "
+        "than the training text supports is an error that names the largest possible value.",
+    )
     character_coverage: float = Field(default=0.9995, gt=0.9, le=1.0)
-    max_sentences: int = Field(default=200_000, ge=100, description="Sample at most this many lines.")
-    byte_fallback: bool = True
+    max_sentences: int = Field(
+        default=200_000, ge=1000, description="Reservoir-sample at most this many lines for training."
+    )
+    byte_fallback: bool = Field(default=True, description="Unknown characters become UTF-8 byte pieces.")
+    split_digits: bool = Field(default=True, description="Every digit is its own piece.")
+    threads: int = Field(default=0, ge=0, description="Training threads; 0 = all cores.")
+    seed: int = 1234
 
 
 class PackConfig(Section):
+    """Encoding the splits into flat token shards (eos after every document)."""
+
     workers: int = Field(default=0, ge=0, description="Encoding processes; 0 = all cores.")
+    batch_docs: int = Field(default=2048, ge=1, description="Documents per unit of work (bounds memory).")
 
 
 # --------------------------------------------------------------------------- model training
@@ -227,8 +296,23 @@ class PretrainConfig(Section):
     seed: int = 1234
 
 
+class DPOConfig(Section):
+    """Preference tuning (DPO, sigmoid loss) on (prompt, chosen, rejected) triples."""
+
+    beta: float = Field(default=0.1, gt=0, le=10, description="Strength of the KL anchor to the reference.")
+    steps: int = Field(default=50, ge=1)
+    lr: float = Field(default=5e-4, gt=0, le=1)
+    batch_size: int = Field(default=8, ge=1, description="Triples per step.")
+    warmup_steps: int = Field(default=5, ge=0)
+    seed: int = 1234
+
+
 class FinetuneConfig(Section):
-    method: Literal["lora", "prompt", "full"] = "lora"
+    """Supervised fine-tuning of the pretrained base on the task (see model/finetune.py)."""
+
+    method: Literal["lora", "prompt", "full"] = Field(
+        default="lora", description="lora: low-rank adapters; prompt: prompt tuning; full: all weights."
+    )
     lora_r: int = Field(default=16, ge=1, le=512)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -245,15 +329,25 @@ class FinetuneConfig(Section):
     warmup_steps: int = Field(default=10, ge=0)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     seed: int = 1234
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Used by preference tuning (feedback).")
 
 
 class EvaluateConfig(Section):
-    max_samples: int = Field(default=200, ge=1, description="Test examples to generate for.")
+    """Held-out evaluation of the fine-tuned model (see tasks/evaluate.py)."""
+
+    max_samples: int = Field(default=200, ge=1, description="Test examples to generate for (the first N).")
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="Generation and scoring batch size.")
     bpb_batches: int = Field(default=16, ge=1, description="Validation batches for bits per byte.")
-    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs.")
+    bpb_seq_len: int = Field(default=256, ge=8, description="Window for bits per byte (capped by the model).")
+    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs (0 = none).")
     bias: bool = Field(default=True, description="Run the bias and fairness suite.")
+    counterfactual_samples: int = Field(
+        default=32, ge=0, description="Test prompts re-asked with swapped names/pronouns/groups (0 = off)."
+    )
+    toxicity_threshold: float = Field(
+        default=0.0, ge=0, le=1, description="A generation whose toxicity score exceeds this is toxic."
+    )
     seed: int = 1234
 
 
@@ -270,21 +364,40 @@ class Threshold(Section):
 
 
 class ChangeThreshold(Section):
-    """TFX-style: diff = challenger - champion; relative = diff / champion."""
+    """TFX model-validation semantics: diff = challenger - champion; relative = diff / champion.
+
+    higher_is_better passes when diff >= absolute and relative >= relative; lower_is_better when
+    diff <= absolute and relative <= relative. So a negative `absolute` on a higher-is-better
+    metric is the drop allowed (-0.01: at most 0.01 worse), a positive one a required gain.
+    """
 
     metric: str
     direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
-    absolute: float | None = Field(default=None, description="Allowed worsening, absolute (>= 0).")
-    relative: float | None = Field(default=None, description="Allowed worsening, relative (>= 0).")
+    absolute: float | None = Field(default=None, description="Bound on diff (TFX GenericChangeThreshold.absolute).")
+    relative: float | None = Field(default=None, description="Bound on diff / champion (TFX .relative).")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ChangeThreshold:
+        if self.absolute is None and self.relative is None:
+            raise ValueError(f"change threshold for {self.metric!r} needs absolute or relative")
+        return self
 
 
 class GateConfig(Section):
+    """The promotion gate (see tasks/gate.py). The first model is judged on value thresholds alone."""
+
     value_thresholds: list[Threshold] = Field(
         default_factory=lambda: [Threshold(metric="rougeL", min=0.0), Threshold(metric="val_bpb", max=8.0)]
     )
     change_thresholds: list[ChangeThreshold] = Field(
-        default_factory=lambda: [ChangeThreshold(metric="rougeL", absolute=0.01)]
+        default_factory=lambda: [ChangeThreshold(metric="rougeL", absolute=-0.01)]
     )
+    strict_noninferiority: bool = Field(
+        default=False,
+        description="Per-sample metrics are judged by a paired bootstrap 95% CI of the diff. False: fail "
+        "only when the whole CI is beyond the bound (worse beyond noise); True: the whole CI must clear it.",
+    )
+    bootstrap: int = Field(default=1000, ge=0, description="Paired bootstrap resamples (0 = point estimates).")
     promote: bool = Field(default=True, description="Promote to champion when the gate passes.")
     seed: int = 1234
 

@@ -1,0 +1,166 @@
+"""The supervised task: pydocs summaries and user files, split by group, nothing lost silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from llmflow.config import TaskDataConfig
+from llmflow.step import run_step
+from llmflow.store import ArtifactStore
+from tasks.task_data import SPLITS, assign_splits, summary_and_body, task_data_step
+
+
+def load(ref) -> dict[str, list[dict]]:
+    out = Path(ref.uri)
+    return {
+        s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines()]
+        for s in (*SPLITS, "rejects")
+    }
+
+
+@pytest.fixture(scope="module")
+def pydocs_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    cfg = TaskDataConfig(limit=400, max_prompt_chars=300)
+    return cfg, home, run_step("task_data", 1, task_data_step, cfg, store=ArtifactStore(home))
+
+
+def test_summary_and_body():
+    assert summary_and_body("Return x.\n\nMore words.", 120) == ("Return x.", "More words.")
+    assert summary_and_body("Two line\nsummary.\n\nBody.", 120) is None
+    assert summary_and_body("Only a summary.", 120) is None
+    assert summary_and_body("x" * 130 + "\n\nBody.", 120) is None
+
+
+def test_pydocs_summary_examples(pydocs_run):
+    cfg, _, ref = pydocs_run
+    rows = load(ref)
+    kept = [r for s in SPLITS for r in rows[s]]
+    assert len(kept) == 400 == ref.stats["train"] + ref.stats["validation"] + ref.stats["test"]
+    assert ref.stats["available"] > 1000 and all(ref.stats[s] > 0 for s in SPLITS)
+    for r in kept:
+        assert set(r) == {"id", "prompt", "response", "group"}
+        assert r["prompt"].startswith(("def ", "async def ")) and len(r["prompt"]) <= cfg.max_prompt_chars
+        assert r["response"] and "\n" not in r["response"] and len(r["response"]) <= 120
+        lines = r["prompt"].split("\n")
+        assert len(lines) >= 2 and lines[1].strip() and lines[1].strip() != r["response"]  # body, not summary
+        assert r["prompt"].split("(")[0].split()[-1].startswith(r["group"] + ".")
+    assert len({r["prompt"] for r in kept}) == len(kept)
+    assert len({r["id"] for r in kept}) == len(kept)
+
+
+def test_splits_are_disjoint_by_group_and_deterministic(pydocs_run, tmp_path):
+    cfg, _, ref = pydocs_run
+    rows = load(ref)
+    groups = {s: {r["group"] for r in rows[s]} for s in SPLITS}
+    assert not groups["train"] & groups["test"]
+    assert not groups["train"] & groups["validation"]
+    assert not groups["validation"] & groups["test"]
+    again = run_step("task_data", 1, task_data_step, cfg, store=ArtifactStore(tmp_path), force=True)
+    assert again.key == ref.key and load(again) == rows
+    manifest = ArtifactStore(tmp_path).manifest("task_data", again.key)
+    assert (
+        manifest["stats"]["test"] == ref.stats["test"]
+        and manifest["stats"]["rejected"] == ref.stats["rejected"]
+    )
+
+
+def test_assign_splits_fractions_and_stability():
+    groups = [f"g{i}" for i in range(200) for _ in range(i % 7 + 1)]
+    split = assign_splits(groups, 0.1, 0.1)
+    share = {s: sum(split[g] == s for g in groups) / len(groups) for s in SPLITS}
+    assert 0.09 < share["test"] < 0.15 and 0.09 < share["validation"] < 0.15
+    assert assign_splits(list(reversed(groups)), 0.1, 0.1) == split
+    tiny = assign_splits(["a", "b", "c"], 0.01, 0.01)
+    assert sorted(tiny.values()) == ["test", "train", "validation"]
+
+
+def test_file_source_jsonl_with_messages_and_rejects(tmp_path: Path):
+    rows = [
+        {"prompt": "What is 2+2?", "response": "4", "group": "math"},
+        {"prompt": "What is 3+3?", "response": "6", "group": "math"},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."},
+            ]
+        },
+        {"prompt": "no response"},
+        {"prompt": "empty response", "response": "  "},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"prompt": "What is 2+2?", "response": "four"},
+    ]
+    f = tmp_path / "task.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    ref = run_step(
+        "task_data", 1, task_data_step, TaskDataConfig(source=str(f)), store=ArtifactStore(tmp_path / "h")
+    )
+    out = load(ref)
+    kept = {r["prompt"]: r for s in SPLITS for r in out[s]}
+    assert kept["Hi"]["response"] == "Hello!"
+    assert kept["System: Be brief.\n\nUser: Name a colour."]["response"] == "Blue."
+    assert kept["What is 2+2?"]["response"] == "4"
+    assert len(kept) == 4
+    reasons = sorted(r["reason"] for r in out["rejects"])
+    assert reasons == [
+        "duplicate",
+        "invalid:empty",
+        "invalid:json",
+        "invalid:messages",
+        "invalid:missing_field",
+    ]
+    assert ref.stats["rejected"] == 5
+    math_splits = {s for s in SPLITS for r in out[s] if r["group"] == "math"}
+    assert len(math_splits) == 1
+
+
+def test_file_source_parquet(tmp_path: Path):
+    table = pa.table(
+        {"prompt": [f"question {i}" for i in range(30)], "response": [f"answer {i}" for i in range(30)]}
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    cfg = TaskDataConfig(
+        source=str(tmp_path / "t.parquet"), validation_fraction=0.2, test_fraction=0.2, limit=20
+    )
+    ref = run_step("task_data", 1, task_data_step, cfg, store=ArtifactStore(tmp_path / "h"))
+    assert sum(ref.stats[s] for s in SPLITS) == 20 and ref.stats["available"] == 30
+    assert ref.stats["test"] >= 3 and ref.stats["validation"] >= 3
+
+
+def test_bad_sources_are_clear_errors(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown builtin"):
+        run_step(
+            "task_data",
+            1,
+            task_data_step,
+            TaskDataConfig(source="builtin:nope"),
+            store=ArtifactStore(tmp_path),
+        )
+    (tmp_path / "bad.jsonl").write_text('{"x": 1}\n')
+    with pytest.raises(ValueError, match="no usable examples"):
+        run_step(
+            "task_data",
+            1,
+            task_data_step,
+            TaskDataConfig(source=str(tmp_path / "bad.jsonl")),
+            store=ArtifactStore(tmp_path),
+        )
+
+
+def test_fingerprint_follows_the_task_file(tmp_path: Path):
+    from tasks.task_data import fingerprint
+
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    cfg = TaskDataConfig(source=str(f))
+    first = fingerprint(cfg)
+    f.write_text(json.dumps({"prompt": "p2", "response": "r2"}) + "\n")
+    assert fingerprint(cfg) != first
+    assert fingerprint(TaskDataConfig()).startswith("python-")
