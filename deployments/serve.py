@@ -1,0 +1,111 @@
+"""The deployments people run from the Prefect UI, with their schedules and triggers.
+
+    pipeline       the whole pipeline, manual
+    data-refresh   the data flow, on a cron schedule (daily by default)
+    retrain        the whole pipeline on a cron schedule (weekly by default); cached steps are
+                   reused, so only what changed (new data, new config) is recomputed
+    finetune       manual, and triggered by `llmflow.feedback.threshold_reached` for this model
+    evaluate       manual
+
+Parameters are the pydantic config models, so the UI shows typed forms and the server rejects an
+invalid parameter before a run starts (`enforce_parameter_schema`). `build_deployments` makes the
+objects; `serve_deployments` runs them in this process (`llmflow server`), `deploy_to_pool`
+registers them for a process worker (`llmflow deploy`, the compose stack). Entrypoints are module
+paths, so a worker with llmflow installed runs them without pulling code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from llmflow import events
+from llmflow.config import PipelineConfig
+
+DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
+DEFAULT_DATA_CRON = "0 2 * * *"  # daily 02:00
+
+
+def _flows() -> dict[str, Any]:
+    from flows.data import data_flow
+    from flows.evaluate import evaluate_flow
+    from flows.finetune import finetune_flow
+    from flows.pipeline import pipeline
+
+    return {"pipeline": pipeline, "data": data_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}
+
+
+def feedback_trigger(config: PipelineConfig):
+    """Run `finetune` when the service reports enough new feedback for this model."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"retrain {config.name} on feedback",
+        expect={events.FEEDBACK_THRESHOLD_REACHED},
+        match={"prefect.resource.id": events.resource_id("model", config.name)},
+        threshold=1,
+    )
+
+
+def build_deployments(
+    config: PipelineConfig | None = None,
+    *,
+    retrain_cron: str = DEFAULT_RETRAIN_CRON,
+    data_cron: str = DEFAULT_DATA_CRON,
+    timezone: str = "UTC",
+    home: str | None = None,
+    flows: dict[str, Any] | None = None,
+) -> list[Any]:
+    """The five deployments, each with `config` (as JSON) and `home` as default parameters.
+
+    `flows` maps pipeline, data, finetune, evaluate to flow objects (default: the real ones).
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
+
+    config = config or PipelineConfig()
+    f = flows or _flows()
+    params = {"config": config.model_dump(mode="json"), "home": home}
+    common = {"parameters": params, "entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["llmflow"]}
+
+    def cron(expr: str) -> list[Any]:
+        return [CronSchedule(cron=expr, timezone=timezone)]
+
+    return [
+        f["pipeline"].to_deployment("pipeline", description="The whole pipeline, run by hand.", **common),
+        f["data"].to_deployment(
+            "data-refresh", schedules=cron(data_cron), description="Re-ingest and prepare the data.", **common
+        ),
+        f["pipeline"].to_deployment(
+            "retrain",
+            schedules=cron(retrain_cron),
+            description="Scheduled retraining: the pipeline, recomputing only what changed.",
+            **common,
+        ),
+        f["finetune"].to_deployment(
+            "finetune",
+            triggers=[feedback_trigger(config)],
+            description="Fine-tune; also started when served feedback passes its threshold.",
+            **common,
+        ),
+        f["evaluate"].to_deployment("evaluate", description="Evaluate the fine-tuned model.", **common),
+    ]
+
+
+def serve_deployments(deployments: list[Any], limit: int | None = None) -> None:
+    """Run the deployments from this process until interrupted (`llmflow server`)."""
+    from prefect import serve
+
+    serve(*deployments, limit=limit)
+
+
+def deploy_to_pool(deployments: list[Any], pool: str = "llmflow") -> list[Any]:
+    """Register the deployments on a process work pool (created when missing) for a worker."""
+    from prefect import deploy
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    return deploy(*deployments, work_pool_name=pool, build=False, push=False, print_next_steps_message=False)

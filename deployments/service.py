@@ -1,0 +1,489 @@
+"""The HTTP service over the registry's champion model, and the feedback that retrains it.
+
+Endpoints (JSON; all but /health take `Authorization: Bearer <token>` when a token is set):
+
+    POST /generate   {prompt, system?, max_new_tokens?, temperature?, top_p?, top_k?, seed?}
+                     -> {id, text, model_version}
+    POST /feedback   {generation_id | prompt+response+model_version, rating?, scale?,
+                      correction?, preferred?} -> 201 {id, retrain}
+                     rating: scale "thumbs" (default) takes -1, 0, 1; scale "stars" takes 1..5.
+    GET  /feedback/stats   feedback not yet used by a retrain, and the pending retrain
+    GET  /model      the served champion (version, path, when loaded)
+    GET  /health     liveness: 200 while the process runs, with whether a model is loaded
+
+Errors are 4xx with a `detail` that says why: 401 (token), 404 (unknown generation id),
+409 (generation/version mismatch), 413 (body, prompt or answer over its limit), 422 (invalid
+fields, max_new_tokens over the limit, an unknown model version); 503 when no champion is loaded.
+
+The model comes from a pluggable source, a callable returning `(version, model_dir)` or None
+(by default the registry's champion). It is asked at most every `reload_interval_seconds`, by a
+background thread and on requests, and a changed version is loaded beside the old one and
+swapped in; a model that fails to load leaves the old one serving.
+
+Feedback goes to the durable store (deployments/feedback.py). Each item emits
+`llmflow.feedback.received`; when the new feedback passes the threshold, the service claims a
+retrain, exports the examples as a `feedback` artifact and emits
+`llmflow.feedback.threshold_reached` on resource `llmflow.model.<name>`, which the `finetune`
+deployment's trigger picks up. The emitter is injectable (tests capture events).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.feedback import FeedbackStore, ThresholdPolicy
+from llmflow import events
+from llmflow.config import PipelineConfig, ServeConfig
+from llmflow.store import ArtifactStore
+
+log = logging.getLogger("llmflow.serve")
+
+ModelSource = Callable[[], "tuple[str, str] | None"]
+Emitter = Callable[..., Any]
+
+
+def registry_source(name: str, store: ArtifactStore | None = None) -> ModelSource:
+    """The registry's champion as `(version, model_path)`, or None when there is none."""
+    from llmflow.registry import Registry
+
+    registry = Registry(store or ArtifactStore(), name)
+
+    def source() -> tuple[str, str] | None:
+        entry = registry.champion()
+        return None if entry is None else (str(entry["version"]), str(entry["model_path"]))
+
+    return source
+
+
+def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any]) -> Any:
+    from prefect.events import emit_event
+
+    return emit_event(event=event, resource=resource, payload=payload)
+
+
+class Champion:
+    """The loaded champion: asks the source at most every `interval` seconds, swaps on change."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        interval: float,
+        device: str | None = None,
+        on_change: Callable[[str], None] | None = None,
+    ):
+        self.source, self.interval, self.device, self.on_change = source, interval, device, on_change
+        self.version: str | None = None
+        self.path: str | None = None
+        self.model = self.tokenizer = None
+        self.loaded_at: float | None = None
+        self.error: str | None = None
+        self._checked = float("-inf")
+        self._refresh_lock = threading.Lock()
+        self.generate_lock = threading.Lock()  # one generation at a time bounds memory
+
+    def refresh(self, force: bool = False) -> bool:
+        """Ask the source (if due) and load a new champion; True when the served model changed."""
+        if not force and time.monotonic() - self._checked < self.interval:
+            return False
+        if not self._refresh_lock.acquire(blocking=force):
+            return False  # another thread is already looking
+        try:
+            self._checked = time.monotonic()
+            try:
+                found = self.source()
+            except Exception as e:  # a registry hiccup keeps the current model serving
+                self.error = f"could not read the registry: {e}"
+                log.warning(self.error)
+                return False
+            if found is None:
+                changed = self.model is not None
+                self.version = self.path = self.model = self.tokenizer = self.loaded_at = None
+                self.error = None
+                return changed
+            version, path = found
+            if version == self.version:
+                return False
+            from model.generate import load
+
+            try:
+                model, tokenizer = load(path, device=self.device)
+            except Exception as e:
+                self.error = f"could not load champion version {version} from {path}: {e}"
+                log.error(self.error)
+                return False
+            self.model, self.tokenizer = model, tokenizer  # the old one serves until here
+            self.version, self.path, self.loaded_at, self.error = version, path, time.time(), None
+            log.info("serving champion version %s from %s", version, path)
+        finally:
+            self._refresh_lock.release()
+        if self.on_change is not None:
+            self.on_change(version)
+        return True
+
+    def snapshot(self) -> tuple[str, Any, Any]:
+        """(version, model, tokenizer), refreshed if due; 503 with the reason when there is none."""
+        self.refresh()
+        version, model, tokenizer = self.version, self.model, self.tokenizer
+        if model is None or version is None:
+            reason = self.error or "the registry has no champion yet: run the pipeline or promote a model"
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"no model to serve: {reason}")
+        return version, model, tokenizer
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="The user's message (the chat format is applied).")
+    system: str | None = Field(default=None, description="Optional system message.")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="Up to the service's limit.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1, le=10_000)
+    seed: int | None = Field(default=None, ge=0)
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    text: str
+    model_version: str
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    generation_id: str | None = Field(default=None, description="The `id` /generate returned.")
+    prompt: str | None = Field(default=None, min_length=1, description="Without generation_id.")
+    response: str | None = Field(default=None, description="The answer rated (without generation_id).")
+    model_version: str | None = Field(default=None, min_length=1, max_length=200)
+    rating: int | None = Field(default=None, description="thumbs: -1, 0, 1; stars: 1..5.")
+    scale: Literal["thumbs", "stars"] = "thumbs"
+    correction: str | None = Field(default=None, min_length=1, description="A better answer.")
+    preferred: str | None = Field(default=None, min_length=1, description="The answer preferred.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> FeedbackRequest:
+        if self.rating is None and self.correction is None and self.preferred is None:
+            raise ValueError("give a rating, a correction or a preferred response")
+        if self.rating is not None:
+            lo, hi = (-1, 1) if self.scale == "thumbs" else (1, 5)
+            if not lo <= self.rating <= hi:
+                raise ValueError(f"a {self.scale} rating is between {lo} and {hi}, got {self.rating}")
+        if self.generation_id is None and (
+            self.prompt is None or self.response is None or self.model_version is None
+        ):
+            raise ValueError("give generation_id, or prompt, response and model_version")
+        return self
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class BodyLimit:
+    """413 for a request body over `limit` bytes, by Content-Length or by counting a chunked one."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await self._reject(send)
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # chunked: read it here, bounded, then replay it
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._reject(send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, send):
+        detail = json.dumps({"detail": f"request body over the limit of {self.limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(detail)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": detail})
+
+
+def create_app(
+    settings: ServeConfig | PipelineConfig | None = None,
+    *,
+    name: str | None = None,
+    home: str | None = None,
+    model_source: ModelSource | None = None,
+    feedback: FeedbackStore | None = None,
+    emit: Emitter | None = None,
+    device: str | None = None,
+) -> FastAPI:
+    """The service. Defaults: the registry's champion of `name`, the feedback store of
+    `settings.feedback_url` (or $LLMFLOW_FEEDBACK_URL, or SQLite under LLMFLOW_HOME), and Prefect
+    events. Tests pass their own `model_source`, `feedback` and `emit`."""
+    if isinstance(settings, PipelineConfig):
+        name = name or settings.name
+        settings = settings.serve
+    cfg = settings or ServeConfig()
+    name = name or "llmflow"
+    store = ArtifactStore(home)
+    fb = feedback or FeedbackStore(cfg.feedback_url, home=home)
+    emit = emit or prefect_emitter
+    token = os.environ.get("LLMFLOW_SERVE_TOKEN") or cfg.token
+    policy = ThresholdPolicy.from_config(cfg)
+    resource = {"prefect.resource.id": events.resource_id("model", name), "prefect.resource.name": name}
+
+    def champion_changed(version: str) -> None:
+        n = fb.finish_pending(name, "done", note=f"champion is now version {version}")
+        if n:
+            log.info("retrain finished: version %s is the new champion", version)
+
+    champion = Champion(
+        model_source or registry_source(name, store),
+        cfg.reload_interval_seconds,
+        device=device,
+        on_change=champion_changed,
+    )
+
+    def safe_emit(event: str, payload: dict[str, Any]) -> bool:
+        try:
+            version = payload.get("model_version")
+            labels = {"llmflow.model.version": str(version)} if version is not None else {}
+            emit(event, {**resource, **labels}, payload)
+            return True
+        except Exception as e:  # the answer to the user must not depend on the event bus
+            log.error("could not emit %s: %s", event, e)
+            return False
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        champion.refresh(force=True)
+
+        def poll():
+            while not stop.wait(max(cfg.reload_interval_seconds, 0.5)):
+                champion.refresh()
+
+        poller = threading.Thread(target=poll, name="champion-poller", daemon=True)
+        poller.start()
+        yield
+        stop.set()
+        poller.join(timeout=5)
+
+    app = FastAPI(
+        title="llmflow",
+        summary="Serves the registry's champion model and collects feedback that retrains it.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.state.champion, app.state.feedback, app.state.settings, app.state.name = champion, fb, cfg, name
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if token is None:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def too_long(field: str, text: str | None, limit: int) -> None:
+        if text is not None and len(text) > limit:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"{field} has {len(text)} characters; the limit is {limit}",
+            )
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model_loaded": champion.model is not None, "model_version": champion.version}
+
+    @app.get("/model", dependencies=[Depends(authorized)])
+    def model_info() -> dict[str, Any]:
+        version, model, _ = champion.snapshot()
+        return {
+            "name": name,
+            "version": version,
+            "model_path": champion.path,
+            "loaded_at": champion.loaded_at,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(next(model.parameters()).device),
+            "last_error": champion.error,
+            "limits": {"max_prompt_chars": cfg.max_prompt_chars, "max_new_tokens": cfg.max_new_tokens},
+        }
+
+    @app.post("/generate", dependencies=[Depends(authorized)])
+    def generate(req: GenerateRequest) -> GenerateResponse:
+        too_long("prompt", req.prompt, cfg.max_prompt_chars)
+        too_long("system", req.system, cfg.max_prompt_chars)
+        max_new = req.max_new_tokens or min(cfg.default_new_tokens, cfg.max_new_tokens)
+        if max_new > cfg.max_new_tokens:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"max_new_tokens {max_new} is over the limit of {cfg.max_new_tokens}",
+            )
+        version, model, tokenizer = champion.snapshot()
+        from model.chat import format_prompt
+        from model.generate import generate as sample
+
+        params = {
+            "max_new_tokens": max_new,
+            "temperature": req.temperature,
+            "top_k": req.top_k,
+            "top_p": req.top_p,
+            "seed": req.seed,
+        }
+        with champion.generate_lock:
+            text = sample(model, tokenizer, [format_prompt(req.prompt, req.system)], **params)[0]
+        gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})
+        return GenerateResponse(id=gid, text=text, model_version=version)
+
+    @app.post("/feedback", status_code=status.HTTP_201_CREATED, dependencies=[Depends(authorized)])
+    def post_feedback(req: FeedbackRequest) -> dict[str, Any]:
+        for field in ("prompt", "response"):
+            too_long(
+                field,
+                getattr(req, field),
+                cfg.max_prompt_chars if field == "prompt" else cfg.max_feedback_chars,
+            )
+        too_long("correction", req.correction, cfg.max_feedback_chars)
+        too_long("preferred", req.preferred, cfg.max_feedback_chars)
+        if req.generation_id is not None:
+            gen = fb.get_generation(req.generation_id)
+            if gen is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown generation id {req.generation_id!r}")
+            if req.model_version is not None and req.model_version != gen["model_version"]:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"generation {req.generation_id} came from model version {gen['model_version']}, "
+                    f"not {req.model_version}",
+                )
+            version, prompt, response = gen["model_version"], gen["prompt"], gen["response"]
+        else:
+            version, prompt, response = req.model_version, req.prompt, req.response
+            if version != champion.version and not fb.known_version(version):
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"unknown model version {version!r}: this service has served "
+                    f"{champion.version or 'no model'} and has no generations from that version",
+                )
+        fid = fb.add_feedback(
+            model_version=version,
+            prompt=prompt,
+            response=response,
+            rating=req.rating,
+            scale=req.scale,
+            correction=req.correction,
+            preferred=req.preferred,
+            generation_id=req.generation_id,
+        )
+        safe_emit(
+            events.FEEDBACK_RECEIVED,
+            {
+                "feedback_id": fid,
+                "model_version": version,
+                "rating": req.rating,
+                "scale": req.scale,
+                "has_correction": req.correction is not None,
+                "has_preferred": req.preferred is not None,
+            },
+        )
+        return {"id": fid, "retrain": maybe_retrain()}
+
+    def maybe_retrain() -> dict[str, Any] | None:
+        claim = fb.claim_retrain(policy, name)
+        if claim is None:
+            return None
+        try:
+            export = fb.export(store, claim["id"])
+        except Exception as e:
+            fb.release_retrain(claim["id"], note=f"export failed: {e}")
+            log.error("feedback export failed: %s", e)
+            return None
+        payload = {
+            "model_name": name,
+            "model_version": champion.version,
+            "retrain_id": claim["id"],
+            "reason": claim["reason"],
+            **{f"feedback_{k}": v for k, v in claim["stats"].items()},
+            "export_uri": export["uri"],
+            "export_key": export["key"],
+            "sft_path": export["sft_path"],
+            "preferences_path": export["preferences_path"],
+            "sft_examples": export["sft_examples"],
+            "preference_pairs": export["preference_pairs"],
+            "feedback_store": fb.display_url,
+        }
+        if not safe_emit(events.FEEDBACK_THRESHOLD_REACHED, payload):
+            fb.release_retrain(claim["id"], note="the event could not be emitted")
+            return None
+        log.info("feedback threshold reached (%s): retrain %s requested", claim["reason"], claim["id"])
+        return {"id": claim["id"], "reason": claim["reason"], "export_uri": export["uri"]}
+
+    @app.get("/feedback/stats", dependencies=[Depends(authorized)])
+    def feedback_stats() -> dict[str, Any]:
+        return {**fb.stats(name), "policy": dataclasses.asdict(policy)}
+
+    return app
+
+
+def run(
+    config: PipelineConfig | ServeConfig | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    home: str | None = None,
+    name: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (`llmflow serve`)."""
+    import uvicorn
+
+    if isinstance(config, PipelineConfig):
+        name = name or config.name
+        config = config.serve
+    cfg = config or ServeConfig()
+    if not os.environ.get("PREFECT_API_URL"):
+        log.warning("PREFECT_API_URL is not set: feedback events will not reach a Prefect server")
+    app = create_app(cfg, name=name, home=home)
+    uvicorn.run(app, host=host or cfg.host, port=port or cfg.port, log_level=log_level)

@@ -1,0 +1,344 @@
+"""The serving endpoint over tiny real models: generation, reload on a new champion, request
+validation and limits, the bearer token, feedback with its events and the retrain threshold, and
+one real uvicorn process on loopback serving the registry's champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.feedback import FeedbackStore
+from deployments.service import create_app, registry_source
+from llmflow import events
+from llmflow.config import ServeConfig
+from llmflow.registry import Registry
+from llmflow.store import ArtifactStore
+from tests.helpers import tiny_model_dir, tiny_tokenizer_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny champions (different weights) sharing one tokenizer."""
+    base = tmp_path_factory.mktemp("models")
+    tok = tiny_tokenizer_dir(base / "tok")
+    return {
+        "1": str(tiny_model_dir(base / "v1", tok, seed=0)),
+        "2": str(tiny_model_dir(base / "v2", tok, seed=1)),
+    }
+
+
+class Source:
+    """A model source the test can switch, counting how often the service asks it."""
+
+    def __init__(self, current):
+        self.current, self.calls = current, 0
+
+    def __call__(self):
+        self.calls += 1
+        if isinstance(self.current, Exception):
+            raise self.current
+        return self.current
+
+
+@pytest.fixture
+def make(models, tmp_path):
+    """Build (client, source, events) for a service; the client runs the app's lifespan."""
+    opened = []
+
+    def build(version: str | None = "1", **settings):
+        settings = {"reload_interval_seconds": 0, "cooldown_seconds": 0, **settings}
+        source = Source((version, models[version]) if version else None)
+        emitted: list[dict] = []
+        app = create_app(
+            ServeConfig(**settings),
+            name="tiny",
+            home=str(tmp_path / "home"),
+            model_source=source,
+            feedback=FeedbackStore(str(tmp_path / "fb.db")),
+            emit=lambda event, resource, payload: emitted.append(
+                {"event": event, "resource": resource, "payload": payload}
+            ),
+            device="cpu",
+        )
+        client = TestClient(app)
+        client.__enter__()
+        opened.append(client)
+        return client, source, emitted
+
+    yield build
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
+def _names(emitted):
+    return [e["event"] for e in emitted]
+
+
+def test_generate_model_and_health(make, models):
+    client, source, _ = make("1", reload_interval_seconds=3600)
+    r = client.post("/generate", json={"prompt": "def add(a, b): return a + b", "max_new_tokens": 6})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "1" and isinstance(body["text"], str) and len(body["id"]) == 32
+    again = client.post("/generate", json={"prompt": "def add(a, b): return a + b", "max_new_tokens": 6})
+    assert again.json()["text"] == body["text"]  # greedy is deterministic
+    assert again.json()["id"] != body["id"]
+    info = client.get("/model").json()
+    assert info["version"] == "1" and info["model_path"] == models["1"] and info["parameters"] > 1000
+    assert info["name"] == "tiny" and info["device"] == "cpu"
+    assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "model_version": "1"}
+    assert source.calls == 1  # polled cheaply: not once per request within the interval
+    sampled = client.post("/generate", json={"prompt": "x", "temperature": 0.9, "top_p": 0.9, "seed": 3})
+    assert sampled.status_code == 200
+
+
+def test_reloads_when_the_champion_changes(make, models):
+    client, source, _ = make("1")
+    assert client.post("/generate", json={"prompt": "hi"}).json()["model_version"] == "1"
+    source.current = ("2", models["2"])
+    r = client.post("/generate", json={"prompt": "hi"})
+    assert r.json()["model_version"] == "2"
+    assert client.get("/model").json()["model_path"] == models["2"]
+    source.current = RuntimeError("registry down")  # a failing registry keeps the model serving
+    assert client.post("/generate", json={"prompt": "hi"}).json()["model_version"] == "2"
+    assert "registry down" in client.get("/model").json()["last_error"]
+    source.current = ("3", "/nonexistent/model")  # a champion that cannot load: keep the old one
+    assert client.post("/generate", json={"prompt": "hi"}).json()["model_version"] == "2"
+    assert "could not load champion version 3" in client.get("/model").json()["last_error"]
+    source.current = None  # no champion any more
+    r = client.post("/generate", json={"prompt": "hi"})
+    assert r.status_code == 503
+
+
+def test_no_champion_is_503_with_a_reason(make):
+    client, _, _ = make(None)
+    for r in (client.post("/generate", json={"prompt": "hi"}), client.get("/model")):
+        assert r.status_code == 503
+        assert "no champion" in r.json()["detail"]
+    assert client.get("/health").json()["model_loaded"] is False
+
+
+def test_validation_and_size_limits(make):
+    client, _, _ = make("1", max_prompt_chars=50, max_new_tokens=8, max_body_bytes=2048)
+    cases = [
+        ({"prompt": ""}, 422, "at least 1 character"),
+        ({"prompt": "x", "temperature": -1}, 422, "greater than or equal to 0"),
+        ({"prompt": "x", "top_p": 1.5}, 422, "less than or equal to 1"),
+        ({"prompt": "x", "stream": True}, 422, "Extra inputs are not permitted"),
+        ({"max_new_tokens": 3}, 422, "Field required"),
+        ({"prompt": "x" * 51}, 413, "prompt has 51 characters; the limit is 50"),
+        ({"prompt": "x", "max_new_tokens": 9}, 422, "max_new_tokens 9 is over the limit of 8"),
+        ({"prompt": "x" * 3000}, 413, "request body over the limit of 2048 bytes"),
+    ]
+    for body, code, reason in cases:
+        r = client.post("/generate", json=body)
+        assert r.status_code == code, (body, r.text)
+        assert reason in json.dumps(r.json()["detail"]), (body, r.text)
+    r = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "json_invalid" in r.text
+
+    def chunks():  # no Content-Length: the limit counts the streamed body
+        for _ in range(10):
+            yield b" " * 512
+
+    r = client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    streamed = iter([b'{"prompt": ', b'"hi", "max_new_tokens": 2}'])  # a small chunked body passes
+    r = client.post("/generate", content=streamed, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_bearer_token(make, monkeypatch):
+    client, _, _ = make("1", token="s3cret")
+    assert client.get("/health").status_code == 200  # liveness stays open for healthchecks
+    r = client.post("/generate", json={"prompt": "hi"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    bad = client.get("/model", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and "bearer token" in bad.json()["detail"]
+    ok = client.post("/generate", json={"prompt": "hi"}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    monkeypatch.setenv("LLMFLOW_SERVE_TOKEN", "from-env")  # the environment wins over the config
+    env_client, _, _ = make("1", token="s3cret")
+    assert env_client.get("/model", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert env_client.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 401
+
+
+def test_feedback_threshold_emits_once_and_exports(make, models):
+    client, source, emitted = make("1", threshold_count=3, threshold_negative_rate=None)
+    gen = client.post("/generate", json={"prompt": "def f(): pass", "max_new_tokens": 4}).json()
+    r = client.post("/feedback", json={"generation_id": gen["id"], "rating": -1})
+    assert r.status_code == 201 and r.json()["retrain"] is None
+    assert _names(emitted) == [events.FEEDBACK_RECEIVED]
+    received = emitted[0]
+    assert received["resource"]["prefect.resource.id"] == "llmflow.model.tiny"
+    assert received["resource"]["llmflow.model.version"] == "1"
+    assert received["payload"]["rating"] == -1 and received["payload"]["model_version"] == "1"
+
+    client.post(
+        "/feedback", json={"generation_id": gen["id"], "rating": 2, "scale": "stars", "correction": "fixed"}
+    )
+    r = client.post(
+        "/feedback",
+        json={"prompt": "q", "response": "bad", "model_version": "1", "rating": 1, "preferred": "good"},
+    )
+    assert r.status_code == 201
+    retrain = r.json()["retrain"]
+    assert retrain is not None and retrain["reason"] == "count: 3 new feedback >= 3"
+    reached = [e for e in emitted if e["event"] == events.FEEDBACK_THRESHOLD_REACHED]
+    assert len(reached) == 1
+    payload = reached[0]["payload"]
+    assert (
+        payload["feedback_new"] == 3
+        and payload["feedback_negative"] == 2
+        and payload["retrain_id"] == retrain["id"]
+    )
+    assert (
+        payload["sft_examples"] == 1 and payload["preference_pairs"] == 2 and payload["model_name"] == "tiny"
+    )
+    assert reached[0]["resource"]["prefect.resource.id"] == events.resource_id("model", "tiny")
+    sft = [json.loads(x) for x in Path(payload["sft_path"]).read_text().splitlines()]
+    assert sft[0]["prompt"] == "def f(): pass" and sft[0]["response"] == "fixed"
+    prefs = [json.loads(x) for x in Path(payload["preferences_path"]).read_text().splitlines()]
+    assert {(p["chosen"], p["rejected"]) for p in prefs} == {("fixed", gen["text"]), ("good", "bad")}
+
+    for _ in range(4):  # a retrain is pending: no second event however much feedback comes
+        assert (
+            client.post("/feedback", json={"generation_id": gen["id"], "rating": 1}).json()["retrain"] is None
+        )
+    assert _names(emitted).count(events.FEEDBACK_THRESHOLD_REACHED) == 1
+    stats = client.get("/feedback/stats").json()
+    assert stats["pending_retrain"]["id"] == retrain["id"] and stats["new"] == 4 and stats["total"] == 7
+
+    source.current = ("2", models["2"])  # the retrain promoted a new champion
+    assert client.get("/model").json()["version"] == "2"
+    assert client.get("/feedback/stats").json()["pending_retrain"] is None
+    r = client.post("/feedback", json={"generation_id": gen["id"], "rating": 1})
+    assert r.json()["retrain"] is not None  # the 4 waiting + this one pass the count again
+    assert _names(emitted).count(events.FEEDBACK_THRESHOLD_REACHED) == 2
+
+
+def test_feedback_rejections(make):
+    client, _, emitted = make("1", max_feedback_chars=20)
+    gen = client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
+    cases = [
+        ({"generation_id": "0" * 32, "rating": 1}, 404, "unknown generation id"),
+        ({"generation_id": gen["id"], "model_version": "7", "rating": 1}, 409, "came from model version 1"),
+        (
+            {"prompt": "p", "response": "r", "model_version": "7", "rating": 1},
+            422,
+            "unknown model version '7'",
+        ),
+        ({"prompt": "p", "response": "r", "rating": 1}, 422, "give generation_id, or prompt"),
+        ({"generation_id": gen["id"]}, 422, "give a rating, a correction or a preferred"),
+        ({"generation_id": gen["id"], "rating": 3}, 422, "thumbs rating is between -1 and 1"),
+        ({"generation_id": gen["id"], "rating": 0, "scale": "stars"}, 422, "stars rating is between 1 and 5"),
+        ({"generation_id": gen["id"], "correction": "x" * 21}, 413, "correction has 21 characters"),
+        ({"generation_id": gen["id"], "rating": 1, "comment": "hi"}, 422, "Extra inputs"),
+    ]
+    for body, code, reason in cases:
+        r = client.post("/feedback", json=body)
+        assert r.status_code == code, (body, r.text)
+        assert reason in json.dumps(r.json()["detail"]), (body, r.text)
+    assert emitted == [] and client.app.state.feedback.count() == 0  # nothing stored or announced
+    r = client.post(
+        "/feedback",
+        json={"prompt": "p", "response": "r", "model_version": "1", "rating": 5, "scale": "stars"},
+    )
+    assert r.status_code == 201  # the served version is known
+
+
+def test_emit_failure_does_not_lose_feedback_or_the_retrain(make, tmp_path):
+    client, _, _ = make("1", threshold_count=1)
+    app = client.app
+    calls = []
+
+    def broken(event, resource, payload):
+        calls.append(event)
+        raise ConnectionError("no Prefect server")
+
+    # rebuild with a broken emitter on the same store
+    failing = create_app(
+        ServeConfig(threshold_count=1, cooldown_seconds=0, reload_interval_seconds=0),
+        name="tiny",
+        home=str(tmp_path / "home"),
+        model_source=app.state.champion.source,
+        feedback=app.state.feedback,
+        emit=broken,
+    )
+    with TestClient(failing) as c:
+        gen = c.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
+        r = c.post("/feedback", json={"generation_id": gen["id"], "rating": -1})
+        assert r.status_code == 201 and r.json()["retrain"] is None
+        assert calls == [events.FEEDBACK_RECEIVED, events.FEEDBACK_THRESHOLD_REACHED]
+        stats = c.get("/feedback/stats").json()
+        assert stats["total"] == 1 and stats["new"] == 1 and stats["pending_retrain"] is None
+    # once events flow again, the released feedback triggers the retrain
+    r = client.post("/feedback", json={"generation_id": gen["id"], "rating": -1})
+    assert r.json()["retrain"] is not None
+
+
+def test_registry_source(tmp_path, models):
+    store = ArtifactStore(tmp_path / "home")
+    source = registry_source("tiny", store)
+    assert source() is None
+    reg = Registry(store, "tiny")
+    v = reg.register("ft-key-1", models["1"])
+    reg.promote(v)
+    assert source() == (str(v), models["1"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_serves_the_registry_champion(tmp_path, models):
+    """`run()` under uvicorn on loopback, with the champion read from a real registry."""
+    home = tmp_path / "home"
+    reg = Registry(ArtifactStore(home), "tiny")
+    reg.promote(reg.register("ft-key-1", models["1"]))
+    port = _free_port()
+    code = (
+        "from deployments.service import run; from llmflow.config import ServeConfig; "
+        f"run(ServeConfig(token='t', reload_interval_seconds=1), port={port}, home={str(home)!r}, "
+        "name='tiny', log_level='warning')"
+    )
+    env = {**os.environ, "LLMFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).json()["model_loaded"]:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not come up within 90 s"
+            time.sleep(0.3)
+        auth = {"Authorization": "Bearer t"}
+        r = httpx.post(
+            f"{url}/generate", json={"prompt": "hi", "max_new_tokens": 3}, headers=auth, timeout=30
+        )
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+        assert httpx.post(f"{url}/generate", json={"prompt": "hi"}, timeout=10).status_code == 401
+        assert (home / "feedback" / "feedback.db").exists()  # the default store: SQLite under LLMFLOW_HOME
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
