@@ -162,8 +162,11 @@ class ToxicityConfig(Section):
     enabled: bool = True
     max_score: float = Field(default=0.02, ge=0, le=1, description="Share of words on the block list.")
     ignore: list[str] = Field(
-        default_factory=lambda: ["kill", "strip", "screw", "hell", "god", "xxx", "sex", "virgin", "crap", "suck"],
-        description="Dual-use words not counted (common in technical text: `kill -9`, `str.strip`).",
+        default_factory=lambda: [
+            "kill", "strip", "screw", "hell", "god", "xxx", "sex", "virgin", "crap", "suck", "len",
+            "meth", "slope", "pot", "ugly",
+        ],  # fmt: skip
+        description="Dual-use words not counted (common in technical text: `kill -9`, `str.strip`, `len()`).",
     )
 
 
@@ -254,7 +257,7 @@ class PackConfig(Section):
     """Encoding the splits into flat token shards (eos after every document)."""
 
     workers: int = Field(default=0, ge=0, description="Encoding processes; 0 = all cores.")
-    batch_docs: int = Field(default=2048, ge=1, description="Documents per unit of work (bounds memory).")
+    batch_docs: int = Field(default=256, ge=1, description="Documents per unit of work (bounds memory).")
 
 
 # --------------------------------------------------------------------------- model training

@@ -1,0 +1,109 @@
+"""The `finetune` step: supervised fine-tuning of the pretrained base on the task data.
+
+Inputs: `base` (pretrain: `model/` with tokenizer files) and `task` (task_data: train.jsonl,
+validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (load it with
+`model.finetune.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
+prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
+`lineage.json` (base, data, config, code version) for the registry.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import llmflow
+from llmflow import events
+from llmflow.step import StepContext
+from llmflow.store import StepRef
+from model import finetune as ft
+from tasks.common import step_task
+
+VERSION = 1
+
+
+def code_version() -> dict[str, Any]:
+    """llmflow's version and, when the code is a git checkout, its commit (dirty-marked)."""
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {"llmflow": llmflow.__version__, "git_commit": None}
+    try:
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        out["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def finetune_step(ctx: StepContext) -> dict[str, Any]:
+    """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full)."""
+    cfg = ctx.config
+    base_dir = ctx.input_path("base") / "model"
+    task_dir = ctx.input_path("task")
+    train_rows = ft.read_rows(task_dir / "train.jsonl")
+    val_path = task_dir / "validation.jsonl"
+    val_rows = ft.read_rows(val_path) if val_path.exists() and val_path.stat().st_size else []
+    ctx.logger.info(
+        "finetune %s on %d train / %d validation rows", cfg.method, len(train_rows), len(val_rows)
+    )
+
+    result, tokenizer, data = ft.finetune(base_dir, train_rows, val_rows, cfg, progress=ctx.progress)
+    stats = result.stats
+    ft.save_finetuned(result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"])
+
+    with open(ctx.out / "loss.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+        w.writeheader()
+        w.writerows(result.history)
+    with open(ctx.out / "rejects.jsonl", "w") as f:
+        for split, d in data.items():
+            for r in d.rejects:
+                f.write(json.dumps({**r, "split": split}) + "\n")
+    (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))
+    lineage = {
+        "base": {"step": "pretrain", "key": ctx.inputs["base"].key, "path": str(base_dir)},
+        "data": {"step": "task_data", "key": ctx.inputs["task"].key, "path": str(task_dir)},
+        "config": cfg.model_dump(mode="json"),
+        "code": code_version(),
+        "base_fingerprint": stats["base_fingerprint"],
+    }
+    (ctx.out / "lineage.json").write_text(json.dumps(lineage, indent=2))
+
+    ctx.table(
+        [{"metric": k, "value": v} for k, v in stats.items() if not isinstance(v, dict)],
+        name="finetune-metrics",
+    )
+    reasons = (
+        "\n".join(f"| {k} | {v} |" for k, v in sorted(stats["rejects_by_reason"].items())) or "| — | 0 |"
+    )
+    ctx.report(
+        f"# Fine-tuning ({cfg.method})\n\n"
+        f"- steps: {stats['steps']} in {stats['seconds']} s\n"
+        f"- train loss: {stats['first_loss']} → {stats['train_loss']}; validation loss: {stats['val_loss']}\n"
+        f"- trainable parameters: {stats['trainable_params']:,} of {stats['total_params']:,} "
+        f"({100 * stats['trainable_fraction']:.2f}%)\n"
+        f"- examples: {stats['train_examples']} train, {stats['validation_examples']} validation, "
+        f"{stats['truncated']} prompt-truncated, {stats['rejected']} rejected\n\n"
+        f"| reject reason | rows |\n|---|---|\n{reasons}\n\n"
+        "Load for generation: `model.finetune.load_finetuned(<this artifact>)`.\n"
+    )
+    return stats
+
+
+def _events(ref: StepRef) -> list[tuple[str, str, dict[str, Any]]]:
+    payload = {
+        "key": ref.key,
+        "uri": ref.uri,
+        **{k: ref.stats.get(k) for k in ("method", "val_loss", "train_loss")},
+    }
+    return [(events.MODEL_FINETUNED, events.resource_id("model", ref.key[:12]), payload)]
+
+
+finetune = step_task("finetune", VERSION, finetune_step, events=_events)

@@ -1,0 +1,339 @@
+"""Fine-tuning: loss masking, data rejects, LoRA / prompt tuning / full, adapters, DPO, the step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmflow.config import DPOConfig, FinetuneConfig
+from llmflow.step import run_step
+from llmflow.store import ArtifactStore
+from model import finetune as ft
+from model.chat import CHAT_TEMPLATE, format_prompt
+from tests.helpers import task_rows, tiny_model_dir, tiny_tokenizer_dir, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    tok = tiny_tokenizer_dir(root / "tok")
+    return {"root": root, "tok": tok, "base": tiny_model_dir(root / "base", tok)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dirs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(dirs["base"])
+
+
+def cfg(**kw) -> FinetuneConfig:
+    base = dict(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, max_len=64, lora_r=4, lora_alpha=8)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def logits(model, tokenizer, text="def sum(x): return the sum"):
+    ids = tokenizer(format_prompt(text), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        return model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_loss_masking_on_hand_built_example(tokenizer):
+    prompt = format_prompt("def sum(x): return the sum")
+    ids, labels, cut = ft.encode_pair(tokenizer, prompt, "return sum.", max_len=64)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    n_prompt = 1 + len(p_ids)  # bos + prompt
+    assert not cut
+    assert ids[0] == tokenizer.bos_token_id and ids[1:n_prompt] == p_ids
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labels[n_prompt:]) == tokenizer.decode(ids[n_prompt:])
+    assert "<|end|>" in tokenizer.decode(labels[n_prompt:]) and "<|user|>" not in tokenizer.decode(
+        labels[n_prompt:]
+    )
+
+    short = ft.encode_pair(tokenizer, format_prompt("x"), "sum.", max_len=64)
+    batch = ft.collate(
+        [{"input_ids": ids, "labels": labels}, {"input_ids": short[0], "labels": short[1]}],
+        tokenizer.pad_token_id,
+    )
+    n = len(short[0])
+    assert batch["input_ids"].shape == (2, len(ids))
+    assert (batch["labels"][1, n:] == -100).all() and (batch["attention_mask"][1, n:] == 0).all()
+    assert (batch["input_ids"][1, n:] == tokenizer.pad_token_id).all()
+    # the model's loss is the mean over response tokens only: recompute it by hand
+    logits_ = torch.randn(2, len(ids), len(tokenizer))
+    mask = batch["labels"][:, 1:] != -100
+    manual = torch.nn.functional.cross_entropy(logits_[:, :-1][mask], batch["labels"][:, 1:][mask])
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    assert torch.allclose(ForCausalLMLoss(logits_, batch["labels"], len(tokenizer)), manual, atol=1e-5)
+
+
+def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
+    long_prompt = "def f(x): " + "return the sum of x " * 40
+    ids, labels, cut = ft.encode_pair(tokenizer, format_prompt(long_prompt), "return sum.", max_len=48)
+    assert cut and len(ids) == 48 and ids[0] == tokenizer.bos_token_id
+    resp = [t for t in labels if t != -100]
+    assert tokenizer.decode(resp).startswith("return sum")  # the whole response is kept
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        json.dumps({"id": "ok", "prompt": "def f(x): sum", "response": "sum."})
+        + "\n"
+        + json.dumps({"id": "noresp", "prompt": "p"})
+        + "\n"
+        + json.dumps({"id": "empty", "prompt": "p", "response": "  "})
+        + "\n"
+        + json.dumps({"id": "huge", "prompt": "p", "response": "sum of x " * 100})
+        + "\n"
+        + json.dumps({"id": "num", "prompt": 3, "response": "x"})
+        + "\n{not json\n"
+        + json.dumps(
+            {
+                "id": "chat",
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "sum."}],
+            }
+        )
+        + "\n"
+    )
+    rows = ft.read_rows(path)
+    data = ft.build_sft(rows, tokenizer, max_len=48)
+    assert len(data.examples) + len(data.rejects) == len(rows) == 7
+    assert data.rejects_by_reason == {
+        "invalid:missing_response": 1,
+        "invalid:empty_response": 1,
+        "too_long:response": 1,
+        "invalid:prompt_not_text": 1,
+        "invalid:json": 1,
+    }
+    assert {r["id"] for r in data.rejects} >= {"noresp", "empty", "huge", "num"}
+    assert len(data.examples) == 2  # "ok" and the chat-messages row
+
+
+def test_length_bucketing_groups_similar_lengths():
+    lengths = [i % 50 for i in range(400)]
+    gen = ft.bucketed_batches(400, lengths, 8, seed=0)
+    batches = [next(gen) for _ in range(50)]
+    assert sorted(i for b in batches for i in b) == list(range(400))  # one epoch covers every item once
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 5  # random batches would spread ~40
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def test_lora_trains_only_adapter_and_merges(dirs, tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = task_rows(48)
+    result, tok, _ = ft.finetune(dirs["base"], rows, task_rows(8, "v"), cfg())
+    model, stats = result.model, result.stats
+    assert stats["method"] == "lora" and stats["steps"] == 30
+    assert 0 < stats["trainable_fraction"] < 0.5
+    assert stats["train_loss"] < stats["first_loss"]
+    assert stats["val_loss"] is not None
+
+    fresh = AutoModelForCausalLM.from_pretrained(dirs["base"]).state_dict()
+    changed_lora = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad
+            changed_lora += bool(name.endswith("lora_B.default.weight") and p.abs().sum() > 0)
+        else:
+            assert not p.requires_grad, name
+    assert changed_lora > 0  # lora_B starts at zero; training moved it
+    for name, p in model.get_base_model().state_dict().items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(p, fresh[key]), f"base weight {key} changed"
+
+    model.eval()
+    before = logits(model, tok)
+    ft.save_finetuned(model, tok, tmp_path, "lora", dirs["base"], stats["base_fingerprint"])
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+    base = AutoModelForCausalLM.from_pretrained(dirs["base"])
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    assert torch.allclose(logits(reloaded, tok), before, atol=1e-6)  # adapter save -> load
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert torch.allclose(logits(merged, tok), before, atol=1e-4)  # merged matches adapter model
+    assert AutoTokenizer.from_pretrained(tmp_path / "model").chat_template == CHAT_TEMPLATE
+    m2, _ = ft.load_finetuned(tmp_path)
+    assert torch.allclose(logits(m2, tok), before, atol=1e-4)
+
+
+def test_prompt_tuning_trains_and_generates(dirs, tmp_path):
+    from peft import PeftModel
+
+    from model.generate import generate
+
+    c = cfg(method="prompt", num_virtual_tokens=8, lr=3e-2, max_steps=20)
+    result, tok, _ = ft.finetune(dirs["base"], task_rows(48), [], c)
+    stats = result.stats
+    assert stats["train_loss"] < stats["first_loss"] - 0.5
+    assert stats["trainable_params"] == 8 * 32 and stats["val_loss"] is None
+    result.model.eval()
+    before = logits(result.model, tok)
+
+    ft.save_finetuned(result.model, tok, tmp_path, "prompt", dirs["base"], stats["base_fingerprint"])
+    assert (tmp_path / "model" / "PROMPT_TUNING.md").exists()
+    model, tokenizer = ft.load_finetuned(tmp_path)
+    assert isinstance(model, PeftModel)
+    assert torch.allclose(logits(model, tokenizer), before, atol=1e-6)
+    out = generate(model, tokenizer, [format_prompt("def sum(x): return the sum")], max_new_tokens=5)
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_full_finetune_trains_every_weight(dirs, tmp_path):
+    result, tok, _ = ft.finetune(
+        dirs["base"], task_rows(32), task_rows(4, "v"), cfg(method="full", lr=3e-3, max_steps=15)
+    )
+    assert result.stats["trainable_fraction"] == 1.0
+    assert result.stats["train_loss"] < result.stats["first_loss"]
+    ft.save_finetuned(result.model, tok, tmp_path, "full", dirs["base"], result.stats["base_fingerprint"])
+    assert not (tmp_path / "adapter").exists()
+    model, _ = ft.load_finetuned(tmp_path / "model")
+    assert torch.allclose(logits(model, tok), logits(result.model.eval(), tok), atol=1e-5)
+
+
+def test_max_seconds_stops_training_early(dirs):
+    result, _, _ = ft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=10_000, max_seconds=1.0))
+    assert 1 <= result.stats["steps"] < 10_000 and result.stats["seconds"] < 10
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_mismatched_tokenizer_and_foreign_adapter_are_clear_errors(dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    small = tiny_model_dir(tmp_path / "small", dirs["tok"], vocab_size=100)  # tokenizer has 324 tokens
+    with pytest.raises(ValueError, match="does not belong"):
+        ft.load_base(small)
+
+    result, tok, _ = ft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=2))
+    ft.save_finetuned(
+        result.model, tok, tmp_path / "ft", "lora", dirs["base"], result.stats["base_fingerprint"]
+    )
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path / "other", dirs["tok"], seed=7))
+    with pytest.raises(ValueError, match="another base"):
+        ft.load_adapter(other, tmp_path / "ft" / "adapter")
+    # without our fingerprint file, a shape mismatch is still a clear error
+    (tmp_path / "ft" / "adapter" / ft.BASE_META).unlink()
+    wide = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir(tmp_path / "wide", dirs["tok"], hidden_size=48, intermediate_size=96)
+    )
+    with pytest.raises(ValueError, match="does not fit this base"):
+        ft.load_adapter(wide, tmp_path / "ft" / "adapter")
+    with pytest.raises(ValueError, match="not modules of this model"):
+        ft.finetune(dirs["base"], task_rows(4), [], cfg(target_modules=["query_key_value"]))
+    with pytest.raises(ValueError, match="no usable training examples"):
+        ft.finetune(dirs["base"], [{"id": 1, "prompt": "p", "response": ""}], [], cfg())
+
+
+# --------------------------------------------------------------------------- DPO
+
+
+def test_dpo_loss_matches_formula():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -1.5])
+    loss, cr, rj = ft.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    logits_ = 0.5 * ((pc - rc) - (pr - rr))
+    assert torch.allclose(loss, torch.log1p(torch.exp(-logits_)).mean())
+    assert torch.allclose(cr, 0.5 * (pc - rc)) and torch.allclose(rj, 0.5 * (pr - rr))
+    zero, _, _ = ft.dpo_loss(pc, pr, pc, pr, beta=0.1)  # policy == reference: log 2
+    assert abs(float(zero) - 0.693147) < 1e-5
+
+
+def test_dpo_raises_chosen_over_rejected_margin(dirs, tmp_path):
+    words = ["sum", "list", "file", "string", "value", "line"]
+    triples = [
+        {
+            "id": i,
+            "prompt": f"def {w}(x): return the {w}",
+            "chosen": f"return {w}.",
+            "rejected": "raise error.",
+        }
+        for i, w in enumerate(words)
+    ] + [{"id": "bad", "prompt": "p", "chosen": "x"}]
+    model, tok, stats = ft.dpo_train(
+        dirs["base"], triples, DPOConfig(steps=20, lr=1e-2, batch_size=4), lora=cfg()
+    )
+    assert stats["pairs"] == 6 and stats["rejected"] == 1
+    assert stats["margin_after"] > stats["margin_before"] + 1.0
+    # the reference is the same weights with the adapter disabled, unchanged by training
+    pairs, _ = ft.build_preferences(triples[:6], tok, 64)
+    assert (
+        abs(ft.preference_margin(model, pairs, tok.pad_token_id, reference=True) - stats["reference_margin"])
+        < 1e-4
+    )
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _fake_artifact(store: ArtifactStore, step: str, key: str, fill) -> None:
+    with store.write(step, key, {"stats": {}}) as out:
+        fill(out)
+
+
+def test_finetune_step_through_run_step(dirs, tmp_path):
+    import shutil
+
+    from tasks.finetune import VERSION, finetune_step
+
+    store = ArtifactStore(tmp_path / "home")
+    _fake_artifact(store, "pretrain", "b" * 64, lambda out: shutil.copytree(dirs["base"], out / "model"))
+
+    def task(out):
+        write_jsonl(out / "train.jsonl", task_rows(40) + [{"id": "x", "prompt": "p", "response": ""}])
+        write_jsonl(out / "validation.jsonl", task_rows(6, "v"))
+        write_jsonl(out / "test.jsonl", task_rows(6, "t"))
+
+    _fake_artifact(store, "task_data", "t" * 64, task)
+    inputs = {"base": store.ref("pretrain", "b" * 64), "task": store.ref("task_data", "t" * 64)}
+    config = cfg(max_steps=20)
+    ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store)
+    assert ref.status == "ran"
+    s = ref.stats
+    assert s["method"] == "lora" and s["steps"] == 20 and s["rejected"] == 1
+    assert s["rejects_by_reason"] == {"invalid:empty_response": 1}
+    for key in (
+        "train_loss",
+        "val_loss",
+        "trainable_params",
+        "total_params",
+        "trainable_fraction",
+        "seconds",
+    ):
+        assert key in s
+    out = store.local_path(ref)
+    for f in (
+        "adapter/adapter_config.json",
+        "model/config.json",
+        "metrics.json",
+        "lineage.json",
+        "loss.csv",
+        "report.md",
+    ):
+        assert (out / f).exists(), f
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["base"]["key"] == "b" * 64 and lineage["data"]["key"] == "t" * 64
+    assert lineage["config"]["method"] == "lora" and lineage["code"]["llmflow"]
+    assert json.loads((out / "rejects.jsonl").read_text().splitlines()[0])["id"] == "x"
+    assert run_step("finetune", VERSION, finetune_step, config, inputs, store=store).status == "cached"
+
+    rows = [json.loads(x) for x in (store.local_path(inputs["task"]) / "test.jsonl").read_text().splitlines()]
+    scores = ft.rouge_l_vs_base(dirs["base"], out, rows, max_new_tokens=6)
+    assert scores["n"] == 6 and 0 <= scores["base"] <= 1 and 0 <= scores["finetuned"] <= 1
+    assert scores["gain"] == pytest.approx(scores["finetuned"] - scores["base"], abs=1e-3)
