@@ -9,15 +9,30 @@ import torch
 from model.chat import END
 
 
+def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
+    """(weights directory, tokenizer directory) for any checkpoint a run leaves behind.
+
+    Accepts a model directory (config.json), a step artifact holding `model/`, or a training
+    checkpoint `checkpoints/step-N/` (weights in `model/`, tokenizer in the artifact's `model/`
+    or the pretrain work directory's run: the nearest ancestor `model/` with tokenizer files).
+    """
+    path = Path(path)
+    weights = path if (path / "config.json").exists() else path / "model"
+    if not (weights / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a model directory, artifact or checkpoint (no config.json)")
+    for d in (weights, *[p / "model" for p in weights.parents]):
+        if (d / "tokenizer_config.json").exists() or (d / "tokenizer.json").exists():
+            return weights, d
+    raise ValueError(f"{path} has no tokenizer files beside it or in an enclosing model/ directory")
+
+
 def load(model_dir: str | Path, device: str | None = None):
-    """Load a model directory written by pretrain/finetune: (model, tokenizer)."""
+    """Load a model written by pretrain/finetune (see resolve_model_dir): (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    model_dir, tok_dir = resolve_model_dir(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     except Exception as e:
         raise ValueError(f"{model_dir} has no usable tokenizer: {e}") from e
     model = AutoModelForCausalLM.from_pretrained(model_dir)
