@@ -1,0 +1,166 @@
+"""PII redaction: per-type recall on a generated labelled set and the false-alteration rate on
+clean prose (the Python reference documentation), plus the span/placeholder contract.
+
+The labelled set (see benchmarks/README.md): for each type, values are generated in the formats
+people write them (grouped/ungrouped, international/national, compressed IPv6, cards of several
+issuers with valid Luhn digits, IBANs of several countries with valid mod-97 check digits,
+secrets of each known prefix, PEM blocks) and embedded in varied sentences. A value counts as
+found when a span of its type covers it exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from tasks.pii import iban_ok, luhn_ok, redact
+
+TEMPLATES = [
+    "Please contact {} for details.",
+    "My number is {}, call after six.",
+    "The value ({}) was in the log.",
+    "Sent from {}",
+    "{} is what the form said.",
+    "Record: name=Ann; id={}; ok",
+    'He wrote "{}" on the card.',
+    "See {}.",
+]
+
+
+def _digits(rng, n):
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def _luhn_complete(prefix: str, length: int, rng) -> str:
+    body = prefix + _digits(rng, length - len(prefix) - 1)
+    for d in "0123456789":
+        if luhn_ok(body + d):
+            return body + d
+    raise AssertionError
+
+
+def _iban(rng, country: str, length: int) -> str:
+    bban = _digits(rng, length - 4)
+    num = int("".join(str(int(c, 36)) for c in bban + country + "00"))
+    iban = f"{country}{98 - num % 97:02d}{bban}"
+    assert iban_ok(iban)
+    return iban if rng.random() < 0.5 else " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
+
+
+def generators(rng: random.Random):
+    def email():
+        user = rng.choice(["john.doe", "a.b-c", "maria_92", "x+tag", "support"])
+        return f"{user}@{rng.choice(['example.com', 'mail.co.uk', 'uni-bonn.de', 'x.io'])}"
+
+    def phone():
+        a, b, c = _digits(rng, 3), _digits(rng, 3), _digits(rng, 4)
+        return rng.choice([
+            f"+1 {a} {b} {c}", f"+1-{a}-{b}-{c}", f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a}.{b}.{c}",
+            f"+44 20 {_digits(rng, 4)} {_digits(rng, 4)}", f"+49 30 {_digits(rng, 8)}",
+            f"+33 1 {_digits(rng, 2)} {_digits(rng, 2)} {_digits(rng, 2)} {_digits(rng, 2)}",
+            f"+91 {_digits(rng, 5)} {_digits(rng, 5)}", f"+81-3-{_digits(rng, 4)}-{_digits(rng, 4)}",
+            f"020 {_digits(rng, 4)} {_digits(rng, 4)}", f"+61 2 {_digits(rng, 4)} {_digits(rng, 4)}",
+        ])  # fmt: skip
+
+    def ipv4():
+        return ".".join(str(rng.randint(0, 255)) for _ in range(4))
+
+    def ipv6():
+        groups = [f"{rng.randint(0, 0xFFFF):x}" for _ in range(8)]
+        if rng.random() < 0.5:
+            i = rng.randint(1, 5)
+            return ":".join(groups[:i]) + "::" + ":".join(groups[i + 2 :])
+        return ":".join(groups)
+
+    def credit_card():
+        prefix, length = rng.choice([("4", 16), ("51", 16), ("55", 16), ("37", 15), ("6011", 16), ("35", 16)])
+        num = _luhn_complete(prefix, length, rng)
+        sep = rng.choice(["", " ", "-"])
+        return sep.join(num[i : i + 4] for i in range(0, len(num), 4)) if sep else num
+
+    def ssn():
+        area = rng.choice([n for n in range(1, 900) if n != 666])
+        return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
+
+    def iban():
+        return _iban(
+            rng, *rng.choice([("DE", 22), ("GB", 22), ("FR", 27), ("NL", 18), ("ES", 24), ("IT", 27)])
+        ).replace("GB", "GB")
+
+    def secret():
+        alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+        def r(n, chars=alnum):
+            return "".join(rng.choice(chars) for _ in range(n))
+
+        return rng.choice([
+            "AKIA" + r(16, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"), "ghp_" + r(36), "github_pat_" + r(40),
+            "xoxb-" + r(12, "0123456789") + "-" + r(24), "sk_live_" + r(24), "AIza" + r(35), "sk-proj-" + r(40),
+            "hf_" + r(34), "glpat-" + r(20),
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE" + r(60) + "\n" + r(64) + "\n-----END RSA PRIVATE KEY-----",
+        ])  # fmt: skip
+
+    return {k: v for k, v in locals().items() if callable(v) and k != "rng"}
+
+
+def labelled_set(n_per_type: int = 120, seed: int = 7) -> list[tuple[str, str, str]]:
+    """(type, value, sentence) triples."""
+    rng = random.Random(seed)
+    out = []
+    for kind, gen in generators(rng).items():
+        for i in range(n_per_type):
+            value = gen()
+            out.append((kind, value, TEMPLATES[i % len(TEMPLATES)].format(value)))
+    return out
+
+
+def clean_sentences(n: int = 2000) -> list[str]:
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    sents = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    sents = [s for s in sents if len(s.split()) >= 5]
+    return random.Random(0).sample(sents, min(n, len(sents)))
+
+
+def test_recall_per_type_on_labelled_set():
+    found: dict[str, list[int]] = {}
+    for kind, value, sentence in labelled_set():
+        r = redact(sentence)
+        start = sentence.index(value)
+        hit = any(s.type == kind and s.start == start and s.end == start + len(value) for s in r.spans)
+        found.setdefault(kind, []).append(int(hit))
+        if hit:
+            assert f"<{kind.upper()}>" in r.text and value not in r.text
+    recall = {k: sum(v) / len(v) for k, v in found.items()}
+    assert len(recall) == 8
+    assert all(r >= 0.95 for r in recall.values()), recall
+
+
+def test_clean_prose_is_rarely_altered():
+    sents = clean_sentences()
+    assert len(sents) >= 1000
+    altered = [s for s in sents if redact(s).spans]
+    assert len(altered) / len(sents) <= 0.02, altered[:10]
+
+
+def test_near_misses_are_left_alone():
+    for text in [
+        "Python 3.11.4 was released; version 1.2.3.4.5 is not an address.",
+        "Use a[::2] or s[1::3] to slice; ::1 is the loopback.",
+        "The card 4111 1111 1111 1112 fails the Luhn check.",
+        "Time 12:30:45 on 2024-03-15, order #123456789, PEP 8, RFC 2822.",
+        "IBAN DE00370400440532013000 has wrong check digits.",
+        "ssn-like 000-12-3456 and 666-12-3456 are never issued.",
+    ]:
+        assert redact(text).spans == [], text
+
+
+def test_spans_refer_to_the_original_text():
+    text = "Mail a@b.com, call +1 415 555 0132, ip 10.0.0.1."
+    r = redact(text)
+    assert [s.type for s in r.spans] == ["email", "phone", "ipv4"]
+    assert [text[s.start : s.end] for s in r.spans] == ["a@b.com", "+1 415 555 0132", "10.0.0.1"]
+    assert r.text == "Mail <EMAIL>, call <PHONE>, ip <IPV4>."
+    assert r.counts() == {"email": 1, "phone": 1, "ipv4": 1}
+    assert redact(text, types=["email"]).text == "Mail <EMAIL>, call +1 415 555 0132, ip 10.0.0.1."
