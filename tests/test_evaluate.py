@@ -1,0 +1,214 @@
+"""The evaluate step on tiny real artifacts (random Llama, BPE tokenizer, packed shards)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from llmflow.config import EvaluateConfig, GateConfig, Threshold
+from llmflow.registry import Registry
+from llmflow.step import run_step
+from tasks import evaluate as E
+from tasks import gate as G
+from tests.helpers import corpus, task_rows, tiny_model_dir, tiny_tokenizer_dir
+
+CFG = EvaluateConfig(
+    max_samples=20,
+    max_new_tokens=4,
+    batch_size=8,
+    bpb_batches=1,
+    bpb_seq_len=32,
+    bootstrap=50,
+    counterfactual_samples=4,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return tiny_tokenizer_dir(tmp_path_factory.mktemp("tok") / "tok")
+
+
+def _artifact(store, step, key, fill=None, stats=None):
+    with store.write(step, key, {"stats": stats or {}}) as out:
+        if fill:
+            fill(out)
+    return store.ref(step, key, status="ran")
+
+
+def _inputs(store, tok_dir, rows, model_key="ft1", with_tokenizer=True):
+    def model(out):
+        tiny_model_dir(out / "model", tok_dir)
+        if not with_tokenizer:
+            for f in out.joinpath("model").glob("tokenizer*"):
+                f.unlink()
+
+    def shards(out):
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        text = corpus(60)
+        ids = [
+            i for line in text for i in [*tok(line, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        ]
+        np.asarray(ids, dtype=np.uint16).tofile(out / "validation.bin")
+        nbytes = sum(len(t.encode()) for t in text)
+        meta = {
+            "dtype": "uint16",
+            "vocab_size": len(tok),
+            "validation": {"tokens": len(ids), "bytes": nbytes},
+        }
+        (out / "meta.json").write_text(json.dumps(meta))
+
+    def task(out):
+        if rows is not None:
+            (out / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    return {
+        "model": _artifact(store, "finetune", model_key, model),
+        "base": _artifact(store, "pretrain", "pre1", stats={"val_bpb": 5.5}),
+        "shards": _artifact(store, "pack", "pack1", shards),
+        "task": _artifact(store, "task_data", f"task-{model_key}", task),
+    }
+
+
+def _rows():
+    rows = task_rows(10)
+    rows[1]["group"] = "h"
+    rows.append(
+        {
+            "id": "he",
+            "prompt": "Why did he return the list?",
+            "response": "He needed the values.",
+            "group": "h",
+        }
+    )
+    rows.append(
+        {"id": "uni", "prompt": "Résumé du café", "response": "Привет мир, café très bon", "group": "g"}
+    )
+    rows.append({"id": "bad", "prompt": 3, "response": "x"})  # unusable: skipped and counted
+    return rows
+
+
+def test_evaluate_step_end_to_end_then_gate(store, tok_dir):
+    published = []
+    inputs = _inputs(store, tok_dir, _rows())
+    ref = run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        CFG,
+        inputs,
+        store=store,
+        extra={"name": "demo"},
+        on_publish=lambda kind, name, payload: published.append((kind, name, payload)),
+    )
+    out = store.local_path(ref)
+    m = ref.stats["metrics"]
+    for k in (
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "bleu",
+        "chrf",
+        "exact_match",
+        "f1",
+        "val_bpb",
+        "val_ppl",
+        "base_val_bpb",
+        "toxicity_rate",
+        "stereotype_pct",
+        "stereotype_bias",
+        "stereotype_pct_gender",
+        "counterfactual_mean_abs_change",
+    ):
+        assert isinstance(m[k], float), k
+    assert m["val_bpb"] > 0 and m["val_ppl"] > 1 and m["base_val_bpb"] == 5.5
+    assert 0 <= m["stereotype_pct"] <= 100 and m["stereotype_bias"] == abs(m["stereotype_pct"] - 50)
+    assert ref.stats["n"] == 12 and ref.stats["skipped"] == 1
+    lo, hi = ref.stats["ci"]["rougeL"]
+    assert lo <= m["rougeL"] <= hi
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 and {"prompt", "reference", "prediction", "scores", "toxicity"} <= set(
+        samples[0]
+    )
+    assert samples[-1]["reference"] == "Привет мир, café très bon"
+    assert m["rougeL"] == pytest.approx(np.mean([s["scores"]["rougeL"] for s in samples]))
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["groups"]) == {"g", "h"} and doc["signatures"]["bleu"].startswith("nrefs:1")
+    bias = json.loads((out / "bias.json").read_text())
+    assert len(bias["stereotype"]["categories"]) == 6 and bias["counterfactual"]["n_swapped"] >= 1
+    tables = {name: payload for kind, name, payload in published if kind == "table"}
+    assert set(tables) == {"metrics", "worst-samples", "bias"} and len(tables["worst-samples"]) == 10
+    report = (out / "report.md").read_text()
+    assert "samples.jsonl" in report and "Stereotype preference" in report and "Ten worst" in report
+
+    # the gate on this evaluation: first model, promoted, card written
+    gcfg = GateConfig(value_thresholds=[Threshold(metric="val_bpb", max=100.0)], bootstrap=50)
+    g = run_step(
+        "gate",
+        G.VERSION,
+        G.gate_step,
+        gcfg,
+        {"eval": ref, "model": inputs["model"]},
+        store=store,
+        extra={"name": "demo", "champion": None},
+    )
+    assert g.stats["passed"] and g.stats["promoted"]
+    reg = Registry(store, "demo")
+    assert reg.champion()["eval_key"] == ref.key
+    assert "Counterfactual consistency" in Path(reg.card_path(1)).read_text()
+
+    # a second evaluation of the same model now shows deltas against the champion (zero)
+    published.clear()
+    run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        CFG,
+        inputs,
+        store=store,
+        extra={"name": "demo"},
+        force=True,
+        on_publish=lambda kind, name, payload: published.append((kind, name, payload)),
+    )
+    table = next(p for k, n, p in published if n == "metrics")
+    assert {r["metric"]: r["delta"] for r in table}["rougeL"] == 0.0
+
+
+def test_bad_inputs_are_clear_errors(store, tok_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="evaluation set missing"):
+        run_step("evaluate", 1, E.evaluate_step, CFG, _inputs(store, tok_dir, None, "a"), store=store)
+    with pytest.raises(ValueError, match="evaluation set is empty"):
+        run_step(
+            "evaluate",
+            1,
+            E.evaluate_step,
+            CFG,
+            _inputs(store, tok_dir, [{"id": "x", "prompt": "", "response": "y"}], "b"),
+            store=store,
+        )
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        run_step(
+            "evaluate",
+            1,
+            E.evaluate_step,
+            CFG,
+            _inputs(store, tok_dir, task_rows(2), "c", with_tokenizer=False),
+            store=store,
+        )
+    assert not store.exists("evaluate", "anything") and store.list("evaluate") == []
+    shutil.rmtree(tmp_path, ignore_errors=True)
