@@ -16,7 +16,7 @@ from prefect import flow
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
 from llmflow.registry import Registry
-from llmflow.store import ArtifactStore
+from llmflow.store import ArtifactStore, StepRef
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 from tasks.gate import gate
@@ -56,6 +56,17 @@ def compose(
         extra={"name": config.name, "champion": champion["version"] if champion else None},
     )
     return run.summary()
+
+
+def _challenged_champion(name: str, tuned: StepRef | None, home: str | None) -> str | None:
+    """The champion version the gate compares against; part of the gate's key, so a new champion
+    re-runs the gate. A model gated against itself is judged on values alone, hence None."""
+    if tuned is None:
+        return None
+    champion = Registry(ArtifactStore(home), name).champion()
+    if champion is None or champion.get("finetune_key") == tuned.key:
+        return None
+    return champion["version"]
 
 
 @flow(name="pipeline", description="Raw text to an evaluated, gated model: every step, cached.")

@@ -23,13 +23,13 @@ class StepRunner:
         self.refs: dict[str, StepRef] = {}
 
     def __call__(
-        self, task: Any, config: Any, *, extra: Any = None, **inputs: StepRef | None
+        self, step_task: Any, config: Any, /, *, extra: Any = None, **inputs: StepRef | None
     ) -> StepRef | None:
-        name = task.step_name
+        name = step_task.step_name
         if self.done or any(v is None for v in inputs.values()):
             return None
         t0 = time.time()
-        state = task(config, inputs, home=self.home, force=self.force, extra=extra, return_state=True)
+        state = step_task(config, inputs, home=self.home, force=self.force, extra=extra, return_state=True)
         ref: StepRef = state.result()
         status = "cached" if (state.name == "Cached" or ref.status == "cached") else "ran"
         ref = ref.model_copy(update={"status": status, "seconds": round(time.time() - t0, 2)})
