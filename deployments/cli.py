@@ -336,6 +336,121 @@ def generate(
         console.print(out, highlight=False, markup=False)
 
 
+# ---- operations: `llmflow server`, `deploy`, `serve` (docs: README, "Operations")
+
+RetrainCronOpt = Annotated[str, typer.Option(help="Cron of the `retrain` deployment (weekly by default).")]
+DataCronOpt = Annotated[str, typer.Option(help="Cron of the `data-refresh` deployment.")]
+TimezoneOpt = Annotated[str, typer.Option(help="Time zone of the cron schedules.")]
+
+
+def _deployments(cfg: PipelineConfig, home: str | None, retrain_cron: str, data_cron: str, tz: str):
+    from deployments.serve import build_deployments
+
+    home = os.path.abspath(home) if home else None
+    return build_deployments(cfg, retrain_cron=retrain_cron, data_cron=data_cron, timezone=tz, home=home)
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(min=1, max=65_535, help="Port of the API and UI.")] = 4200,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 for other machines).")] = "127.0.0.1",
+    config: PresetOpt = "demo",
+    set: SetOpt = None,
+    home: HomeOpt = None,
+    retrain_cron: RetrainCronOpt = "0 3 * * 1",
+    data_cron: DataCronOpt = "0 2 * * *",
+    timezone: TimezoneOpt = "UTC",
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Only run the server; serve no deployments.")
+    ] = False,
+) -> None:
+    """Start a local Prefect server (UI included) and serve the deployments until Ctrl-C.
+
+    SQLite under PREFECT_HOME by default; PostgreSQL when PREFECT_SERVER_DATABASE_CONNECTION_URL
+    is set (postgresql+asyncpg://user:pw@host/db).
+    """
+    cfg = _config(config, set)
+    explicit_home = home
+    home = _home(home)
+    from deployments.localserver import LocalServer, ServerError
+
+    prefect_home = os.environ.get("PREFECT_HOME") or os.path.expanduser("~/.prefect")
+    os.makedirs(prefect_home, exist_ok=True)
+    srv = LocalServer(host=host, port=port, log_path=Path(prefect_home, f"server-{port}.log"))
+    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    console.print(f"Starting the Prefect server on {'PostgreSQL' if db else 'SQLite'} ...")
+    try:
+        srv.start()
+    except ServerError as e:
+        _fail(str(e), code=1)
+    os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
+    console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
+    console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
+            if no_serve:
+                while srv.proc is not None and srv.proc.poll() is None:
+                    time.sleep(1)
+                _fail(f"the Prefect server exited (code {srv.proc.returncode}); see {srv.log_path}", 1)
+            from deployments.serve import serve_deployments
+
+            deps = _deployments(cfg, explicit_home, retrain_cron, data_cron, timezone)
+            console.print(
+                "Serving deployments: " + ", ".join(d.name for d in deps) + f" (runs: {srv.url}/runs)"
+            )
+            serve_deployments(deps)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("Stopping the Prefect server ...")
+        srv.stop()
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="Process work pool (created when missing).")] = "llmflow",
+    config: PresetOpt = "demo",
+    set: SetOpt = None,
+    home: HomeOpt = None,
+    retrain_cron: RetrainCronOpt = "0 3 * * 1",
+    data_cron: DataCronOpt = "0 2 * * *",
+    timezone: TimezoneOpt = "UTC",
+) -> None:
+    """Register the deployments on a process work pool of the server at PREFECT_API_URL.
+
+    Then run them with a worker: `prefect worker start --pool llmflow`.
+    """
+    cfg = _config(config, set)
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
+    if not api:
+        _fail("PREFECT_API_URL is not set: point it at a Prefect server (e.g. http://127.0.0.1:4200/api)")
+    from deployments.serve import deploy_to_pool
+
+    ids = deploy_to_pool(_deployments(cfg, home, retrain_cron, data_cron, timezone), pool)
+    console.print(f"Registered {len(ids)} deployments on work pool '{pool}' at {api}.")
+    console.print(f"Run them with: [bold]prefect worker start --pool {pool}[/]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65_535, help="Port (default serve.port).")] = None,
+    config: PresetOpt = "demo",
+    set: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Serve the champion model over HTTP: /generate, /feedback, /health, /model."""
+    cfg = _config(config, set)
+    home = _home(home)
+    from deployments.service import run as run_service
+
+    run_service(cfg, host=host, port=port, home=home)
+
+
 def main() -> None:
     try:
         app()

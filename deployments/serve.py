@@ -4,7 +4,9 @@
     data-refresh   the data flow, on a cron schedule (daily by default)
     retrain        the whole pipeline on a cron schedule (weekly by default); cached steps are
                    reused, so only what changed (new data, new config) is recomputed
-    finetune       manual, and triggered by `llmflow.feedback.threshold_reached` for this model
+    finetune       the feedback-finetune flow (flows/feedback.py): manual (fine-tune, evaluate,
+                   gate), and triggered by `llmflow.feedback.threshold_reached` for this model,
+                   the event's export paths and retrain id becoming its parameters
     evaluate       manual
 
 Parameters are the pydantic config models, so the UI shows typed forms and the server rejects an
@@ -29,14 +31,24 @@ DEFAULT_DATA_CRON = "0 2 * * *"  # daily 02:00
 def _flows() -> dict[str, Any]:
     from flows.data import data_flow
     from flows.evaluate import evaluate_flow
-    from flows.finetune import finetune_flow
+    from flows.feedback import feedback_finetune
     from flows.pipeline import pipeline
 
-    return {"pipeline": pipeline, "data": data_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}
+    return {"pipeline": pipeline, "data": data_flow, "finetune": feedback_finetune, "evaluate": evaluate_flow}
+
+
+# The event payload the service emits (deployments/service.py) -> the flow's parameters. A
+# single `{{ ... }}` expression keeps its JSON type (Prefect renders it through `tojson`); the
+# server merges these over the deployment's defaults (config, home).
+TRIGGER_PARAMETERS = {
+    "sft_path": "{{ event.payload.sft_path }}",
+    "preferences_path": "{{ event.payload.preferences_path }}",
+    "retrain_id": "{{ event.payload.retrain_id }}",
+}
 
 
 def feedback_trigger(config: PipelineConfig):
-    """Run `finetune` when the service reports enough new feedback for this model."""
+    """Run `finetune` on the feedback export when the service reports enough new feedback."""
     from prefect.events import DeploymentEventTrigger
 
     return DeploymentEventTrigger(
@@ -44,6 +56,7 @@ def feedback_trigger(config: PipelineConfig):
         expect={events.FEEDBACK_THRESHOLD_REACHED},
         match={"prefect.resource.id": events.resource_id("model", config.name)},
         threshold=1,
+        parameters=dict(TRIGGER_PARAMETERS),
     )
 
 

@@ -20,7 +20,7 @@ The model comes from a pluggable source, a callable returning `(version, model_d
 background thread and on requests, and a changed version is loaded beside the old one and
 swapped in; a model that fails to load leaves the old one serving.
 
-Feedback goes to the durable store (deployments/feedback.py). Each item emits
+Feedback goes to the durable store (llmflow/feedback.py). Each item emits
 `llmflow.feedback.received`; when the new feedback passes the threshold, the service claims a
 retrain, exports the examples as a `feedback` artifact and emits
 `llmflow.feedback.threshold_reached` on resource `llmflow.model.<name>`, which the `finetune`
@@ -44,9 +44,9 @@ from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.feedback import FeedbackStore, ThresholdPolicy
 from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
+from llmflow.feedback import FeedbackStore, ThresholdPolicy
 from llmflow.store import ArtifactStore
 
 log = logging.getLogger("llmflow.serve")

@@ -46,14 +46,21 @@ def compose(
     shards = run(pack, config.pack, data=data, tokenizer=tok)
     base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
     tuned = run(finetune, config.finetune, base=base, task=task)
-    report = run(evaluate, config.evaluate, model=tuned, base=base, shards=shards, task=task)
-    champion = Registry(ArtifactStore(home), config.name).champion() if report else None
+    report = run(
+        evaluate,
+        config.evaluate,
+        model=tuned,
+        base=base,
+        shards=shards,
+        task=task,
+        extra={"name": config.name},
+    )
     run(
         gate,
         config.gate,
         eval=report,
         model=tuned,
-        extra={"name": config.name, "champion": champion["version"] if champion else None},
+        extra={"name": config.name, "champion": _challenged_champion(config.name, tuned, home)},
     )
     return run.summary()
 
