@@ -1,0 +1,206 @@
+"""Training checkpoints: everything needed to continue a run as if it had never stopped.
+
+A checkpoint is a directory `step-NNNNNNNN/` holding
+
+    model/            save_pretrained (config.json + model.safetensors): loadable on its own
+    optimizer.pt      optimizer state_dicts (a list: AdamW, plus Muon when used)
+    rng-<rank>.pt     torch CPU (and CUDA) generator states of each process
+    state.json        step, tokens, elapsed seconds, scheduler state, python/numpy RNG states,
+                      the loss history so far, the run config; written LAST
+
+It is written to a temporary directory and renamed, and `state.json` is its completion mark, so a
+process killed mid-save leaves no directory that looks complete. Loading never unpickles code:
+tensors through safetensors and `torch.load(weights_only=True)`, the rest as JSON.
+
+`latest()` walks checkpoints newest first and returns the first that loads; corrupt or partial
+ones are skipped with a warning. A checkpoint of another architecture is an error, not a
+fallback: resuming it would silently train something else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from model.presets import arch_signature
+
+log = logging.getLogger("llmflow.model")
+STATE = "state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed (corrupt, partial, or of another architecture)."""
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save(
+    root: str | Path,
+    step: int,
+    model,
+    optimizers: list[torch.optim.Optimizer],
+    state: dict[str, Any],
+    *,
+    is_main: bool = True,
+    rank: int = 0,
+    keep: int = 2,
+    barrier=None,
+) -> Path:
+    """Write checkpoint `step` under `root`; keep the `keep` newest. Every process must call it.
+
+    The main process writes model, optimizer and state; each process writes its own torch RNG
+    state. `barrier` (e.g. accelerator.wait_for_everyone) orders the two.
+    """
+    root = Path(root)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-step-{step:08d}"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if barrier:
+        barrier()
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, tmp / f"rng-{rank}.pt")
+    if is_main:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        torch.save([o.state_dict() for o in optimizers], tmp / "optimizer.pt")
+    if barrier:
+        barrier()
+    if is_main:
+        full = {**state, "step": step, "rng": _rng_state()}
+        with open(tmp / STATE, "w") as f:
+            json.dump(full, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    if barrier:
+        barrier()
+    return final
+
+
+def candidates(root: str | Path) -> list[Path]:
+    """Checkpoint directories, newest first (complete or not)."""
+    root = Path(root)
+    return sorted(root.glob("step-*"), reverse=True) if root.exists() else []
+
+
+def check_arch(ckpt: Path, config) -> None:
+    """Raise CheckpointError if the checkpoint's model is not shaped like `config`."""
+    path = ckpt / "model" / "config.json"
+    try:
+        theirs = arch_signature(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt}: unreadable model config ({e})") from e
+    ours = arch_signature(config)
+    diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"checkpoint {ckpt} is of another architecture ({what}); "
+            f"use a fresh checkpoint directory or the matching preset"
+        )
+
+
+def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0) -> dict[str, Any]:
+    """Restore model, optimizers and RNG states from one checkpoint; returns its state.json."""
+    ckpt = Path(ckpt)
+    state_path = ckpt / STATE
+    if not state_path.exists():
+        raise CheckpointError(f"{ckpt} is partial: no {STATE}")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{ckpt}: corrupt {STATE} ({e})") from e
+    check_arch(ckpt, model.config)
+    try:
+        weights = load_file(ckpt / "model" / "model.safetensors")
+        opt_states = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
+        rng_file = ckpt / f"rng-{rank}.pt"
+        rng = torch.load(rng_file if rng_file.exists() else ckpt / "rng-0.pt", weights_only=True)
+    except Exception as e:  # safetensors/pickle raise many types on truncated files
+        raise CheckpointError(f"{ckpt}: corrupt checkpoint files ({type(e).__name__}: {e})") from e
+    if len(opt_states) != len(optimizers):
+        raise CheckpointError(
+            f"{ckpt} holds {len(opt_states)} optimizer states, this run has {len(optimizers)} "
+            f"(optimizer changed?)"
+        )
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [
+        k
+        for k in missing
+        if k not in tied and not (model.config.tie_word_embeddings and k == "lm_head.weight")
+    ]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    try:
+        for opt, s in zip(optimizers, opt_states, strict=True):
+            opt.load_state_dict(s)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt}: optimizer state does not fit this run ({e})") from e
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    _set_rng_state(state["rng"])
+    return state
+
+
+def latest(
+    root: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0
+) -> dict[str, Any] | None:
+    """Load the newest checkpoint that loads; None when there is none at all.
+
+    Corrupt or partial checkpoints are skipped (logged); an architecture mismatch raises; if
+    checkpoints exist but none loads, raises CheckpointError rather than restarting silently.
+    """
+    found = candidates(root)
+    errors = []
+    for ckpt in found:
+        try:
+            state = load(ckpt, model, optimizers, rank)
+        except CheckpointError as e:
+            if "another architecture" in str(e):
+                raise
+            log.warning("skipping checkpoint: %s", e)
+            errors.append(str(e))
+            continue
+        state["path"] = str(ckpt)
+        return state
+    if found:
+        raise CheckpointError(f"no checkpoint under {root} could be loaded: {'; '.join(errors)}")
+    return None

@@ -1,0 +1,389 @@
+"""The pretraining loop on accelerate: one process inside a task, or many under `accelerate launch`.
+
+    python -m model.train --config job.json                       # one process
+    accelerate launch --multi_gpu --num_processes 2 -m model.train --config job.json
+
+`job.json` = {"config": <PretrainConfig>, "shards": dir, "out": dir, "checkpoints": dir,
+"tokenizer": dir or null}. The main process writes `out/model/`, `out/metrics.json` and
+`out/loss.csv`; when launched, it prints `@@progress {"done","total","message"}` lines that the
+pretrain task turns into progress reports.
+
+What a step is: `grad_accum` micro-batches of `batch_size` windows per process, then one
+optimizer update. The learning-rate schedule runs on a progress fraction in [0, 1], the largest
+of step/max_steps, tokens/max_tokens and seconds/max_seconds, so a wall-clock budget still decays
+the learning rate to its floor exactly when time runs out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmflow.config import PretrainConfig
+from model import checkpoint as ckpt
+from model.data import ShardError, TrainBatches, check_split, open_split, read_meta
+from model.eval import evaluate_bpb
+from model.presets import build_config, build_model, count_params
+
+ProgressFn = Callable[[float, float, str], None]
+LogFn = Callable[[str], None]
+
+# Nominal peaks for MFU. CPU: 2.5 GHz x 32 fp32 FLOP/cycle (AVX2: 2 FMA units x 8 lanes x 2) per
+# core = 80 GFLOP/s per core. Override with LLMFLOW_PEAK_FLOPS (per process).
+GPU_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
+CPU_PEAK_PER_CORE = 80e9
+# Nominal power for the energy estimate (watts per process): CPU 10 W per core, GPU board power.
+GPU_WATTS = {"H200": 700, "H100": 700, "A100": 400, "L40S": 350, "A10": 150, "4090": 450}
+CPU_WATTS_PER_CORE = 10.0
+
+
+def resolve_precision(mp: str) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, 'no' on CPU."""
+    if mp != "auto":
+        if mp in ("bf16", "fp16") and not torch.cuda.is_available():
+            return "bf16" if mp == "bf16" else "no"  # fp16 autocast is GPU-only; CPU bf16 works
+        return mp
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def hardware() -> tuple[str, float, float]:
+    """(description, nominal peak FLOP/s, nominal watts) for one process."""
+    peak = float(os.environ.get("LLMFLOW_PEAK_FLOPS") or 0.0)
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        key = next((k for k in GPU_PEAK_BF16 if k in name), None)
+        return name, peak or GPU_PEAK_BF16.get(key, 100e12), GPU_WATTS.get(key, 300)
+    cores = torch.get_num_threads()
+    return f"CPU x{cores} threads", peak or cores * CPU_PEAK_PER_CORE, cores * CPU_WATTS_PER_CORE
+
+
+def lr_factor(cfg: PretrainConfig, step: int, progress: float) -> float:
+    """Multiplier of cfg.lr: linear warmup by steps, then cosine / warmup-stable-decay / constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    floor = cfg.min_lr_ratio
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    if cfg.schedule == "wsd":
+        start = 1 - cfg.decay_fraction
+        return 1.0 if p < start else 1 - (1 - floor) * (p - start) / cfg.decay_fraction
+    return 1.0
+
+
+def build_optimizers(model, cfg: PretrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
+    """AdamW (no decay on norms/biases), or Muon for 2-D hidden matrices + AdamW for the rest.
+
+    Muon uses `adjust_lr_fn="match_rms_adamw"` (Moonshot's scaling) so one `lr` serves both.
+    Embeddings and the output head stay on AdamW, as Muon's authors advise.
+    """
+    emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+    matrices = [p for p in params if p.ndim == 2 and id(p) not in emb]
+    embeds = [p for p in params if id(p) in emb]
+    vectors = [p for p in params if p.ndim < 2]
+    adam_kw = dict(lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
+    if cfg.optimizer == "muon":
+        muon = torch.optim.Muon(
+            matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
+        )
+        groups = [
+            {"params": embeds, "weight_decay": cfg.weight_decay},
+            {"params": vectors, "weight_decay": 0.0},
+        ]
+        return [muon, torch.optim.AdamW(groups, **adam_kw)]
+    groups = [
+        {"params": matrices + embeds, "weight_decay": cfg.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]
+    return [torch.optim.AdamW(groups, **adam_kw)]
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6N (N without the input embedding) + attention 12 * L * d * T."""
+    c = model.config
+    n = count_params(model, non_embedding=True)
+    attn_span = min(seq_len, getattr(c, "sliding_window", None) or seq_len)
+    return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * attn_span
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = ["step", "tokens", "seconds", "lr", "loss", "val_loss", "val_bpb", "tokens_per_s"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def train(
+    cfg: PretrainConfig,
+    shards_dir: str | Path,
+    out_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    on_progress: ProgressFn | None = None,
+    log: LogFn = print,
+) -> dict[str, Any]:
+    """Pretrain from scratch (or resume from `checkpoint_dir`); returns the metrics dict.
+
+    Raises ShardError for unusable shards, ValueError for a vocabulary/model mismatch, and
+    CheckpointError for a checkpoint that cannot be resumed.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out_dir, shards_dir = Path(out_dir), Path(shards_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
+    precision = resolve_precision(cfg.mixed_precision)
+    if not torch.distributed.is_initialized():
+        # accelerate keeps its state in process-wide singletons: a second run in the same
+        # process (a retried task, tests) may use another precision or accumulation.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+    )
+    main = acc.is_main_process
+    say = log if main else (lambda _m: None)
+
+    meta = read_meta(shards_dir)
+    vocab = int(meta["vocab_size"])
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tok_len = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+        if tok_len > vocab:
+            raise ValueError(
+                f"tokenizer has {tok_len} tokens but the shards' vocab_size is {vocab}: "
+                f"they come from different tokenizers"
+            )
+    check_split(open_split(shards_dir, "validation", meta), "validation", cfg.seq_len, vocab)  # fail early
+    data = TrainBatches(
+        shards_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=acc.process_index, vocab_size=vocab
+    )
+
+    set_seed(cfg.seed)  # identical init on every process
+    config = build_config(
+        cfg.preset,
+        vocab,
+        arch=cfg.arch,
+        seq_len=cfg.seq_len,
+        sliding_window=cfg.sliding_window,
+        tie_embeddings=cfg.tie_embeddings,
+        bos_token_id=meta.get("bos_id"),
+        eos_token_id=meta.get("eos_id"),
+        pad_token_id=meta.get("pad_id"),
+    )
+    model = build_model(config)
+    if cfg.gradient_checkpointing:
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
+        enable()
+        model.config.use_cache = False
+    optimizers = build_optimizers(model, cfg, fused=torch.cuda.is_available())
+    model, *optimizers = acc.prepare(model, *optimizers)
+    raw = acc.unwrap_model(model)
+    raw_opts = [o.optimizer for o in optimizers]
+    if cfg.compile:
+        model = torch.compile(model)
+
+    n_params = count_params(raw)
+    fpt = flops_per_token(raw, cfg.seq_len)
+    hw, peak, watts = hardware()
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * acc.num_processes
+
+    step, tokens, elapsed, rows = 0, 0, 0.0, []
+    if cfg.resume:
+        state = ckpt.latest(checkpoint_dir, raw, raw_opts, rank=acc.process_index)
+        if state is not None:
+            step, tokens, elapsed, rows = state["step"], state["tokens"], state["elapsed"], state["rows"]
+            say(f"resumed from {state['path']} at step {step}")
+    say(
+        f"pretrain {cfg.arch}/{cfg.preset}: {n_params / 1e6:.2f}M params, {acc.num_processes} process(es), "
+        f"{precision}, {tokens_per_step} tokens/step on {hw}"
+    )
+
+    def progress_of(step: int, tokens: int, seconds: float) -> float:
+        p = step / cfg.max_steps
+        if cfg.max_tokens:
+            p = max(p, tokens / cfg.max_tokens)
+        if cfg.max_seconds:
+            p = max(p, seconds / cfg.max_seconds)
+        return p
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_bpb(raw, shards_dir, "validation", cfg.seq_len, cfg.batch_size, cfg.eval_batches, acc)
+
+    def save_checkpoint() -> None:
+        state = {"tokens": tokens, "elapsed": elapsed, "rows": rows, "config": cfg.model_dump(mode="json")}
+        ckpt.save(
+            checkpoint_dir, step, raw, raw_opts, state,
+            is_main=main, rank=acc.process_index, keep=cfg.keep_checkpoints, barrier=acc.wait_for_everyone,
+        )  # fmt: skip
+
+    model.train()
+    t_start = time.time() - elapsed
+    window_t, window_tok = time.time(), 0
+    last_val: dict[str, float] | None = None
+    while True:
+        elapsed = time.time() - t_start
+        done = progress_of(step, tokens, elapsed)
+        stop = torch.tensor([1.0 if done >= 1.0 else 0.0], device=acc.device)
+        if acc.num_processes > 1:  # the wall clock differs per process: rank 0 decides for all
+            stop = acc.reduce(stop, reduction="max")
+        if stop.item() > 0:
+            break
+        lr = cfg.lr * lr_factor(cfg, step, done)
+        for opt in raw_opts:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        loss_sum = torch.zeros((), device=acc.device)
+        for micro in range(cfg.grad_accum):
+            x, y = data.batch(step, micro)
+            with acc.accumulate(model):
+                logits = model(input_ids=x.to(acc.device)).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1)
+                )
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+        mean_loss = acc.reduce(loss_sum / cfg.grad_accum, reduction="mean").item()
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"loss is {mean_loss} at step {step}: lower pretrain.lr or enable grad_clip"
+            )
+        step += 1
+        tokens += tokens_per_step
+        window_tok += tokens_per_step
+        elapsed = time.time() - t_start
+        row: dict[str, Any] = {
+            "step": step,
+            "tokens": tokens,
+            "seconds": round(elapsed, 3),
+            "lr": lr,
+            "loss": mean_loss,
+        }
+        if step % cfg.log_every == 0 or step == 1:
+            tps = window_tok / max(time.time() - window_t, 1e-9)
+            row["tokens_per_s"] = round(tps, 1)
+            window_t, window_tok = time.time(), 0
+            say(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s")
+        if step % cfg.eval_every == 0:
+            last_val = evaluate()
+            row.update(val_loss=last_val["loss"], val_bpb=last_val["bpb"])
+            say(f"step {step} val_loss {last_val['loss']:.4f} val_bpb {last_val['bpb']:.4f}")
+        rows.append(row)
+        if on_progress is not None and main:
+            on_progress(
+                min(progress_of(step, tokens, elapsed), 1.0), 1.0, f"step {step} loss {mean_loss:.3f}"
+            )
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+
+    train_seconds = time.time() - t_start
+    if last_val is not None and rows and rows[-1]["step"] == step:
+        final = last_val
+    else:
+        final = evaluate()
+        if rows:
+            rows[-1].update(val_loss=final["loss"], val_bpb=final["bpb"])
+    if not rows or step % cfg.checkpoint_every:
+        save_checkpoint()
+
+    tps = tokens / max(train_seconds, 1e-9)
+    flops = fpt * tokens
+    metrics = {
+        "val_bpb": final["bpb"],
+        "val_loss": final["loss"],
+        "val_ppl": final["ppl"],
+        "train_loss": rows[-1]["loss"] if rows else None,
+        "steps": step,
+        "tokens": tokens,
+        "seconds": round(train_seconds, 2),
+        "tokens_per_s": round(tps, 1),
+        "params": n_params,
+        "params_non_embedding": count_params(raw, non_embedding=True),
+        "flops": flops,
+        "flops_per_token": fpt,
+        "mfu": flops / max(train_seconds, 1e-9) / (peak * acc.num_processes),
+        "peak_flops_assumed": peak * acc.num_processes,
+        "hardware": hw,
+        "energy_wh": watts * acc.num_processes * train_seconds / 3600,
+        "watts_assumed": watts * acc.num_processes,
+        "num_processes": acc.num_processes,
+        "mixed_precision": precision,
+        "arch": cfg.arch,
+        "preset": cfg.preset,
+    }
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        raw.save_pretrained(out_dir / "model", safe_serialization=True)
+        if tokenizer_dir is not None:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file() and f.name != "manifest.json":
+                    shutil.copy2(f, out_dir / "model" / f.name)
+        _write_csv(out_dir / "loss.csv", rows)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        say(f"done: {step} steps, {tokens:,} tokens, val_bpb {final['bpb']:.4f}, {tps:,.0f} tok/s")
+    acc.wait_for_everyone()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="job JSON (see the module docstring)")
+    args = parser.parse_args(argv)
+    job = json.loads(Path(args.config).read_text())
+    cfg = PretrainConfig.model_validate(job["config"])
+
+    def progress(done: float, total: float, message: str) -> None:
+        print("@@progress " + json.dumps({"done": done, "total": total, "message": message}), flush=True)
+
+    try:
+        train(
+            cfg, job["shards"], job["out"], job.get("checkpoints"), job.get("tokenizer"),
+            on_progress=progress, log=lambda m: print(m, flush=True),
+        )  # fmt: skip
+    except (ShardError, ckpt.CheckpointError, ValueError) as e:
+        print(f"@@error {type(e).__name__}: {e}", flush=True)
+        raise SystemExit(2) from None
+    finally:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

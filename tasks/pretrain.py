@@ -1,0 +1,215 @@
+"""The `pretrain` step: train the base model on packed token shards (model/train.py does the work).
+
+Inputs: `shards` (pack) and `tokenizer`. Output: `model/` (safetensors + tokenizer files, loadable
+with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint), `metrics.json`,
+`loss.csv`, `loss.png` and a report with samples.
+
+Checkpoints are written to a work directory outside the staging folder,
+`<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
+resumes where it stopped instead of starting over; `force` starts afresh. With
+`num_processes > 1` the loop runs under `accelerate launch` as a subprocess whose output streams
+into the step's logger; its failure fails the step with the subprocess's own error. A successful
+run removes its work directory, so a forced rerun starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from llmflow import events
+from llmflow.config import PretrainConfig
+from llmflow.step import StepContext
+from llmflow.store import StepRef
+from tasks.common import step_task
+
+VERSION = 1
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_PROMPTS = ["def ", "The ", "Return the", "import "]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(job: dict[str, Any], num_processes: int, ctx: StepContext) -> None:
+    """Run model.train under `accelerate launch`; stream its output; raise with its error."""
+    job_file = Path(job["out"]) / "job.json"
+    job_file.write_text(json.dumps(job))
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "model.train", "--config", str(job_file),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    ctx.logger.info("launching: %s", " ".join(cmd))
+    tail: deque[str] = deque(maxlen=40)
+    error = None
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line.startswith("@@progress "):
+            p = json.loads(line[len("@@progress ") :])
+            ctx.progress(p["done"], p["total"], p["message"])
+            continue
+        if line.startswith("@@error "):
+            error = line[len("@@error ") :]
+        tail.append(line)
+        if line.strip():
+            ctx.logger.info("%s", line)
+    rc = proc.wait()
+    job_file.unlink(missing_ok=True)
+    if rc != 0:
+        detail = error or "\n".join(tail)
+        raise RuntimeError(f"pretraining failed under accelerate launch (exit {rc}): {detail}")
+
+
+def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(csv_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(df["step"], df["loss"], lw=1, alpha=0.8, label="train loss")
+    val = df.dropna(subset=["val_loss"])
+    if len(val):
+        ax.plot(val["step"], val["val_loss"], "o-", label="validation loss")
+        bpb = ax.twinx()
+        bpb.plot(val["step"], val["val_bpb"], "s--", color="tab:green", label="validation bpb")
+        bpb.set_ylabel("bits per byte")
+        bpb.legend(loc="center right")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def samples(model_dir: Path, n_tokens: int = 40) -> list[dict[str, str]]:
+    from model.generate import generate, load
+
+    model, tok = load(model_dir, device="cpu")
+    greedy = generate(model, tok, SAMPLE_PROMPTS, max_new_tokens=n_tokens)
+    topk = generate(model, tok, SAMPLE_PROMPTS, max_new_tokens=n_tokens, temperature=0.8, top_k=40, seed=0)
+    return [
+        {"prompt": p, "greedy": g, "top_k=40, T=0.8": s}
+        for p, g, s in zip(SAMPLE_PROMPTS, greedy, topk, strict=True)
+    ]
+
+
+def work_dir(ctx: StepContext) -> Path:
+    if ctx.store.is_local:
+        return Path(ctx.store.path("work", "pretrain", ctx.key))
+    return Path(tempfile.gettempdir()) / "llmflow-work" / "pretrain" / ctx.key
+
+
+def pretrain_step(ctx: StepContext) -> dict[str, Any]:
+    """Pretrain the base model on packed token shards; resumes from the step's own checkpoints."""
+    from model.train import train
+
+    cfg: PretrainConfig = ctx.config
+    shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
+    ckpts = work_dir(ctx) / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    job = {
+        "config": cfg.model_dump(mode="json"),
+        "shards": str(shards),
+        "out": str(ctx.out),
+        "checkpoints": str(ckpts),
+        "tokenizer": str(tokenizer),
+    }
+    if cfg.num_processes > 1:
+        launch(job, cfg.num_processes, ctx)
+        metrics = json.loads((ctx.out / "metrics.json").read_text())
+    else:
+        metrics = train(
+            cfg, shards, ctx.out, ckpts, tokenizer,
+            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m),
+        )  # fmt: skip
+    # the final checkpoint travels with the artifact; the work directory is then released
+    last = sorted(ckpts.glob("step-*"))[-1]
+    shutil.copytree(last, ctx.out / "checkpoints" / last.name)
+    shutil.rmtree(work_dir(ctx), ignore_errors=True)
+
+    plot_loss(ctx.out / "loss.csv", ctx.out / "loss.png", f"{cfg.arch}/{cfg.preset}: pretraining loss")
+    ctx.image(ctx.out / "loss.png", "loss-curve", "Pretraining loss and validation bits per byte")
+    rows = samples(ctx.out / "model")
+    (ctx.out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx.report(_report(cfg, metrics, rows))
+    ctx.table([{k: v for k, v in metrics.items() if not isinstance(v, dict)}], "metrics")
+    return {
+        "val_bpb": round(metrics["val_bpb"], 4),
+        "val_loss": round(metrics["val_loss"], 4),
+        "val_ppl": round(metrics["val_ppl"], 3),
+        "steps": metrics["steps"],
+        "tokens": metrics["tokens"],
+        "tokens_per_s": metrics["tokens_per_s"],
+        "params": metrics["params"],
+        "mfu": metrics["mfu"],
+    }
+
+
+def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", "⏎")[:120]
+
+    lines = [
+        f"# Pretraining: {cfg.arch}/{cfg.preset}",
+        "",
+        f"{m['params'] / 1e6:.2f}M parameters, {m['steps']} steps, {m['tokens']:,} tokens in "
+        f"{m['seconds']:.0f} s on {m['hardware']} ({m['num_processes']} process(es), precision {m['mixed_precision']}).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| validation bits per byte | {m['val_bpb']:.4f} |",
+        f"| validation loss (nats/token) | {m['val_loss']:.4f} |",
+        f"| validation perplexity | {m['val_ppl']:.2f} |",
+        f"| tokens/s | {m['tokens_per_s']:,.0f} |",
+        f"| MFU (vs {m['peak_flops_assumed'] / 1e12:.2f} TFLOP/s nominal) | {m['mfu']:.2%} |",
+        f"| training FLOPs | {m['flops']:.3g} |",
+        f"| energy (nominal {m['watts_assumed']:.0f} W) | {m['energy_wh']:.3f} Wh |",
+        "",
+        "## Samples",
+        "",
+        "| prompt | greedy | top-k 40, T 0.8 |",
+        "|---|---|---|",
+        *[f"| {cell(r['prompt'])} | {cell(r['greedy'])} | {cell(r['top_k=40, T=0.8'])} |" for r in rows],
+        "",
+        "Files: `model/` (AutoModelForCausalLM + tokenizer), `checkpoints/`, `metrics.json`, `loss.csv`, `loss.png`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _events(ref: StepRef) -> list[tuple[str, str, dict[str, Any]]]:
+    payload = {
+        "key": ref.key,
+        "uri": ref.uri,
+        **{k: ref.stats.get(k) for k in ("val_bpb", "params", "tokens")},
+    }
+    return [(events.MODEL_PRETRAINED, events.resource_id("model", ref.key[:12]), payload)]
+
+
+pretrain = step_task("pretrain", VERSION, pretrain_step, events=_events)
