@@ -220,7 +220,9 @@ def _registry(home: str | None, name: str):
     return Registry(ArtifactStore(_home(home)), name)
 
 
-NameOpt = Annotated[str, typer.Option("--name", help="Registered model name (the config's `name`).")]
+NameOpt = Annotated[
+    str, typer.Option("--name", envvar="LLMFLOW_MODEL", help="Registered model name (the config's `name`).")
+]
 
 
 @models_app.command("list")
@@ -253,9 +255,10 @@ def models_show(
     name: NameOpt = "llmflow",
 ) -> None:
     """Show one version (or alias) as JSON: lineage, metrics, paths."""
-    entry = _registry(home, name).get(version)
-    if entry is None:
-        _fail(f"no version or alias '{version}' in registry '{name}'", code=1)
+    try:
+        entry = _registry(home, name).get(version)
+    except ValueError as e:
+        _fail(str(e), code=1)
     console.print_json(json.dumps(entry, default=str))
 
 
@@ -306,17 +309,22 @@ def generate(
 ) -> None:
     """Sample from a checkpoint: a registry version or alias, or any model directory."""
     path = Path(model)
-    if not (path / "config.json").exists():
-        entry = _registry(home, name).get(model)
-        if entry is None:
-            _fail(f"'{model}' is neither a model directory nor a version/alias in registry '{name}'", code=1)
+    if not path.exists():
+        from llmflow.registry import RegistryError
+
+        try:
+            entry = _registry(home, name).get(model)
+        except RegistryError as e:
+            _fail(f"'{model}' is neither a path nor usable in registry '{name}': {e}", code=1)
         path = Path(entry["model_path"])
     from model.chat import format_prompt
+    from model.finetune import FINETUNE_META, load_finetuned
     from model.generate import generate as sample
-    from model.generate import load
+    from model.generate import load, resolve_model_dir
 
     try:
-        lm, tok = load(path)
+        weights, _ = resolve_model_dir(path)
+        lm, tok = load_finetuned(weights) if (weights / FINETUNE_META).exists() else load(path)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), code=1)
     text = prompt if raw else format_prompt(prompt)
@@ -384,6 +392,12 @@ def server(
     except ServerError as e:
         _fail(str(e), code=1)
     os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
+    import signal
+
+    def _interrupt(*_: Any) -> None:  # `docker stop`, systemd: stop like Ctrl-C, server included
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
     console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
     try:
