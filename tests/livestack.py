@@ -1,0 +1,168 @@
+"""Real processes on loopback for the integration and browser tests.
+
+`llmflow_server(...)` runs `llmflow server` (a Prefect server plus the served deployments) as a
+child process with its own PREFECT_HOME, waits until the deployments are registered, and stops
+it with Ctrl-C (SIGINT) as a person would. `api(url)` is a synchronous Prefect client for that
+server; `wait_run` polls a flow run to a final state. Everything is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# The smoke preset, with a gate that promotes any model passing the value thresholds (so a
+# feedback retrain becomes the champion) and a short DPO.
+SMOKE_SETS = ["gate.change_thresholds=[]", "finetune.dpo.steps=4", "finetune.dpo.batch_size=4"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing_prerequisite() -> str | None:
+    for exe in ("prefect", "llmflow"):
+        if not (BIN / exe).exists():
+            return f"{BIN / exe} is not installed (pip install -e .)"
+    return None
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_LOGGING_LEVEL="INFO",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def api(url: str) -> Iterator[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0, proc=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {proc.returncode}\n{tail(log)}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail(log)}")
+
+
+def tail(path: Path | None, n: int = 60) -> str:
+    if path is None or not Path(path).exists():
+        return ""
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_run(api_url: str, run_id: Any, timeout: float, log: Path | None = None) -> Any:
+    """The flow run once it is final (Completed, Failed, Crashed, Cancelled)."""
+
+    def final():
+        with api(api_url) as c:
+            run = c.read_flow_run(run_id)
+        return run if run.state is not None and run.state.is_final() else None
+
+    return wait_for(final, timeout, f"flow run {run_id} to finish", interval=2.0, log=log)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 30.0) -> None:
+    """Signal the process (Ctrl-C by default), then its whole process group if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class LlmflowServer:
+    """`llmflow server` as a child process: url, api_url, log, proc."""
+
+    def __init__(self, workdir: Path, home: str, sets: list[str] | None = None, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_url = f"{self.url}/api"
+        self.prefect_home = workdir / "prefect"
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "llmflow-server.log"
+        cmd = [str(BIN / "llmflow"), "server", "--port", str(self.port), "--config", "smoke", "--home", home]
+        for s in SMOKE_SETS + (sets or []):
+            cmd += ["--set", s]
+        self.cmd = cmd
+        self.env = child_env(PREFECT_HOME=str(self.prefect_home), LLMFLOW_HOME=home, **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> LlmflowServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+        def ready():
+            try:
+                with api(self.api_url) as c:
+                    return len(c.read_deployments()) >= 5
+            except Exception:
+                return False
+
+        wait_for(ready, timeout, "llmflow server to serve its deployments", 1.0, self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+def run_deployment(api_url: str, name: str, parameters: dict | None = None) -> Any:
+    with api(api_url) as c:
+        dep = c.read_deployment_by_name(name)
+        return c.create_flow_run_from_deployment(dep.id, parameters=parameters or {})
+
+
+def task_states(api_url: str, run_id: Any) -> dict[str, list[str]]:
+    """Task name -> the state names of its runs in this flow run."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with api(api_url) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    out: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: r.expected_start_time or r.created):
+        out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name if r.state else "?")
+    return out
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
