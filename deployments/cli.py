@@ -59,6 +59,8 @@ def _config(preset: str, overrides: list[str] | None) -> PipelineConfig:
 def _home(home: str | None) -> str:
     home = home or os.environ.get("LLMFLOW_HOME") or "./.llmflow"
     os.environ["LLMFLOW_HOME"] = home
+    # Offline by default: no usage telemetry from the temporary Prefect server.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return home
 
 
@@ -99,7 +101,28 @@ def _key_output(step: str, stats: dict[str, Any]) -> str:
     return ""
 
 
+def _print_data_summary(stats: dict[str, Any]) -> None:
+    """The data report in short: what was dropped and why, and what was kept by source and licence."""
+    table = Table(title="data: kept and dropped", show_lines=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_row("[bold]input[/]", f"{stats.get('input', 0):,}")
+    table.add_row("[bold]kept[/]", f"{stats.get('kept', 0):,}")
+    for reason, n in list(stats.get("rejects_by_reason", {}).items())[:8]:
+        table.add_row(f"  dropped: {reason}", f"{n:,}")
+    for source, counts in stats.get("by_source", {}).items():
+        table.add_row(f"source {source}", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    for lic, counts in stats.get("by_license", {}).items():
+        table.add_row(f"licence {lic}", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    langs = list(stats.get("by_language", {}).items())[:5]
+    if langs:
+        table.add_row("languages (kept)", ", ".join(f"{k} {v:,}" for k, v in langs))
+    console.print(table)
+
+
 def _print_summary(summary: dict[str, Any], seconds: float, home: str) -> None:
+    if "prepare" in summary and summary["prepare"]["status"] == "ran":
+        _print_data_summary(summary["prepare"].get("stats", {}))
     table = Table(title="llmflow run", show_lines=False)
     table.add_column("step")
     table.add_column("status")
