@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.prepare import prepare_sharded
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
 from llmflow.registry import Registry
@@ -23,7 +24,6 @@ from tasks.gate import gate
 from tasks.ingest import fingerprint as sources_fingerprint
 from tasks.ingest import ingest
 from tasks.pack import pack
-from tasks.prepare import prepare
 from tasks.pretrain import pretrain
 from tasks.task_data import build_task_data
 from tasks.task_data import fingerprint as task_fingerprint
@@ -41,7 +41,7 @@ def compose(
     # Source files can change under an unchanged config: their fingerprint joins the key.
     docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
     task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
-    data = run(prepare, config.prepare, docs=docs, task=task)
+    data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
     tok = run(train_tokenizer, config.tokenizer, data=data)
     shards = run(pack, config.pack, data=data, tokenizer=tok)
     base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)

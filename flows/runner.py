@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prefect import unmapped
+
 from llmflow.store import StepRef
 
 
@@ -21,6 +23,7 @@ class StepRunner:
         self.until = until
         self.done = False
         self.refs: dict[str, StepRef] = {}
+        self.mapped: dict[str, list[StepRef]] = {}
 
     def __call__(
         self, step_task: Any, config: Any, /, *, extra: Any = None, **inputs: StepRef | None
@@ -37,6 +40,32 @@ class StepRunner:
         if name == self.until:
             self.done = True
         return ref
+
+    def map(
+        self, step_task: Any, config: Any, inputs: list[dict[str, StepRef]], extras: list[Any] | None = None
+    ) -> list[StepRef] | None:
+        """Run one step over many input sets through Prefect task mapping, so they run in parallel
+        on the flow's task runner (threads by default, a Dask cluster when the flow asks for one).
+
+        Returns the refs in input order (recorded under `mapped`, not in `summary`), or None when
+        skipping, like `__call__`.
+        """
+        if self.done or any(v is None for i in inputs for v in i.values()):
+            return None
+        futures = step_task.map(
+            config=unmapped(config),
+            inputs=inputs,
+            home=unmapped(self.home),
+            force=unmapped(self.force),
+            extra=extras if extras is not None else unmapped(None),
+        )
+        refs = []
+        for future in futures:
+            ref: StepRef = future.result()
+            status = "cached" if (future.state.name == "Cached" or ref.status == "cached") else "ran"
+            refs.append(ref.model_copy(update={"status": status}))
+        self.mapped[step_task.step_name] = refs
+        return refs
 
     def summary(self) -> dict[str, Any]:
         return {name: ref.model_dump(mode="json") for name, ref in self.refs.items()}

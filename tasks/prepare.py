@@ -8,13 +8,20 @@ Per document, in order (each sub-step switchable in `PrepareConfig`):
 Three phases keep memory bounded by the shard size, not the corpus size, and make the per-shard
 work a pure function that a mapped Prefect task (or a process pool) can run in parallel:
 
-1. `process_shard(in_path, work_dir, shard, cfg, decon)` runs everything per document except the
-   global dedup and writes `kept-NNNNN.parquet` (survivors + signals + exact hash + MinHash
-   signature + shingles) and `rejects-NNNNN.parquet` to `work_dir`; it returns small counts.
-2. `dedup_shards(work_dir, shards, deduper)` streams the survivors' hashes and signatures through
-   one `tasks.dedup.Deduper` in shard order (first occurrence wins) and returns
+1. `process_shard(in_path, kept_path, rejects_path, cfg, decon)` runs everything per document
+   except the global dedup and writes the survivors (+ signals, exact hash, MinHash signature,
+   shingles) and the rejects of one shard; it returns small counts.
+2. `dedup_shards(kept_paths, deduper)` streams the survivors' hashes and signatures through one
+   `tasks.dedup.Deduper` in shard order (first occurrence wins) and returns
    ``{id: (duplicate_of, kind, similarity)}``.
 3. `finalize_shard(...)` writes `train/`, `validation/` and the dedup rejects.
+
+Phase 1 runs either inside the step (serially or in a process pool, `PrepareConfig.workers`) or,
+in the flows, as the mapped step `prepare_shard`: one cached artifact per input shard, keyed by
+the shard's content (`shard_inputs` gives each ingest shard a content-addressed `doc_shard`
+artifact), the per-shard part of the config (`shard_config`) and the task data. Adding a source
+then recomputes only the new source's shards; `prepare` takes them as inputs ``shard-NNNNN``
+and does phases 2 and 3.
 
 A sub-step that raises on one document rejects it as ``error:<step>`` and the run goes on. The
 dedup index (kept ids, exact hashes, signatures) is saved as `dedup/index.parquet`; pass a previous
@@ -24,10 +31,13 @@ Every input id ends in exactly one of train, validation or rejects (checked befo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -37,9 +47,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from prefect import task
 
-from llmflow.config import PrepareConfig
+from llmflow.config import DecontaminateConfig, PrepareConfig
 from llmflow.step import StepContext
+from llmflow.store import ArtifactStore, StepRef, step_key
 from tasks.common import step_task
 from tasks.decontaminate import Decontaminator
 from tasks.dedup import Deduper, Signer, exact_hash, shingles
@@ -49,7 +61,9 @@ from tasks.normalize import normalize
 from tasks.pii import redact
 from tasks.toxicity import ToxicityFilter
 
-VERSION = 1
+VERSION = 2  # 2: takes per-shard artifacts (inputs shard-NNNNN) from the mapped prepare_shard
+SHARD_VERSION = 1
+DOC_SHARD_STEP = "doc_shard"  # content-addressed copies (hard links) of single ingest shards
 REJECT_TEXT_CHARS = 2000
 # Quality signals kept as columns on every kept document (q_<name>).
 SIGNALS = (
@@ -209,26 +223,31 @@ def process_table(
     return kept_t, rej_t, {"input": table.num_rows, "pii": dict(pii)}
 
 
-_WORKER: dict[str, Any] = {}
+_WORKER = threading.local()  # one DocPipeline per worker thread/process, reused across shards
 
 
 def process_shard(
-    in_path: str, work_dir: str, shard: int, cfg: PrepareConfig | dict, decon: Decontaminator | None = None
+    in_path: str | Path,
+    kept_path: str | Path,
+    rejects_path: str | Path,
+    cfg: PrepareConfig | dict,
+    decon: Decontaminator | None = None,
 ) -> dict[str, Any]:
-    """Phase 1 for one input shard (a mapped task / pool worker can call this).
+    """Phase 1 for one input shard (the mapped task and the pool workers call this).
 
-    Reads `in_path` (an ingest `docs/part-*.parquet`), writes `work_dir/kept-NNNNN.parquet` and
-    `work_dir/rejects-NNNNN.parquet`, returns {"shard", "input", "kept", "rejected", "pii"}.
+    Reads `in_path` (an ingest `docs/part-*.parquet`), writes the survivors with their work
+    columns to `kept_path` and the rejects to `rejects_path`, returns
+    {"input", "kept", "rejected", "pii"}.
     """
     cfg = cfg if isinstance(cfg, PrepareConfig) else PrepareConfig.model_validate(cfg)
     key = cfg.model_dump_json()
-    if _WORKER.get("key") != key or _WORKER.get("decon") is not decon:  # reuse across shards
-        _WORKER.update(key=key, decon=decon, pipe=DocPipeline(cfg, decon))
+    if getattr(_WORKER, "key", None) != key or getattr(_WORKER, "decon", None) is not decon:
+        _WORKER.key, _WORKER.decon, _WORKER.pipe = key, decon, DocPipeline(cfg, decon)
     table = pq.read_table(in_path, columns=["id", "text", "source", "meta"])
-    kept, rejects, counts = process_table(table, cfg, decon, _WORKER["pipe"])
-    pq.write_table(kept, os.path.join(work_dir, f"kept-{shard:05d}.parquet"))
-    pq.write_table(rejects, os.path.join(work_dir, f"rejects-{shard:05d}.parquet"))
-    return {"shard": shard, "kept": kept.num_rows, "rejected": rejects.num_rows, **counts}
+    kept, rejects, counts = process_table(table, cfg, decon, _WORKER.pipe)
+    pq.write_table(kept, kept_path)
+    pq.write_table(rejects, rejects_path)
+    return {"kept": kept.num_rows, "rejected": rejects.num_rows, **counts}
 
 
 def make_deduper(cfg: PrepareConfig) -> Deduper:
@@ -245,13 +264,11 @@ def make_deduper(cfg: PrepareConfig) -> Deduper:
     )
 
 
-def dedup_shards(work_dir: str, shards: list[int], deduper: Deduper) -> dict[str, tuple[str, str, float]]:
+def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[str, str, float]]:
     """Phase 2: stream hashes and signatures through one index, first occurrence kept."""
     dups: dict[str, tuple[str, str, float]] = {}
-    for shard in shards:
-        t = pq.read_table(
-            os.path.join(work_dir, f"kept-{shard:05d}.parquet"), columns=["id", "_exact", "_sig", "_shingles"]
-        )
+    for path in kept_paths:
+        t = pq.read_table(path, columns=["id", "_exact", "_sig", "_shingles"])
         ids, hashes = t.column("id").to_pylist(), t.column("_exact").to_pylist()
         sigs = t.column("_sig")
         sig_arr = (
@@ -269,11 +286,16 @@ def dedup_shards(work_dir: str, shards: list[int], deduper: Deduper) -> dict[str
 
 
 def finalize_shard(
-    work_dir: str, shard: int, out: Path, dups: dict[str, tuple[str, str, float]], fraction: float
+    kept_path: Path,
+    rejects_path: Path,
+    shard: int,
+    out: Path,
+    dups: dict[str, tuple[str, str, float]],
+    fraction: float,
 ) -> dict[str, Any]:
     """Phase 3: split survivors, move duplicates to rejects, write the final parquet files."""
-    kept = pq.read_table(os.path.join(work_dir, f"kept-{shard:05d}.parquet"))
-    rejects = pq.read_table(os.path.join(work_dir, f"rejects-{shard:05d}.parquet"))
+    kept = pq.read_table(kept_path)
+    rejects = pq.read_table(rejects_path)
     ids = kept.column("id").to_pylist()
     is_dup = np.array([i in dups for i in ids], dtype=bool)
     if is_dup.any():
@@ -414,50 +436,170 @@ def _report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> None:
     )
 
 
+def _decontaminator(ctx: StepContext, cfg: PrepareConfig) -> Decontaminator | None:
+    if cfg.decontaminate.enabled and "task" in ctx.inputs:
+        d = cfg.decontaminate
+        return _load_decontaminator(str(ctx.input_path("task")), d.model_dump_json())
+    if cfg.decontaminate.enabled:
+        ctx.logger.warning("%s: no 'task' input, decontamination skipped", ctx.step)
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_decontaminator(task_dir: str, settings: str) -> Decontaminator:
+    """One index per (task artifact, settings) per process: mapped shard tasks share it."""
+    d = DecontaminateConfig.model_validate_json(settings)
+    return Decontaminator.from_task_dir(task_dir, d.ngram, d.splits, d.min_matches, d.min_words)
+
+
+def shard_config(cfg: PrepareConfig) -> PrepareConfig:
+    """The part of the config that the per-shard work depends on (the rest reset to defaults), so
+    that changing e.g. the dedup threshold or the split re-runs `prepare` but no shard."""
+    default = PrepareConfig()
+    mh = cfg.dedup.minhash
+    return cfg.model_copy(
+        update={
+            "validation_fraction": default.validation_fraction,
+            "workers": default.workers,
+            "examples_per_reason": default.examples_per_reason,
+            "dedup": cfg.dedup.model_copy(
+                update={
+                    "minhash": default.dedup.minhash.model_copy(
+                        update={
+                            k: getattr(mh, k)
+                            for k in ("enabled", "num_perm", "shingle_words", "verify_jaccard", "seed")
+                        }
+                    )
+                }
+            ),
+        }
+    )
+
+
+def prepare_shard_step(ctx: StepContext) -> dict[str, Any]:
+    """One shard: normalize, filter, identify language, score toxicity, decontaminate, redact PII.
+
+    Input `docs` is a `doc_shard` artifact (`docs.parquet`); writes `kept.parquet` (survivors with
+    the dedup work columns) and `rejects.parquet`; `prepare` dedups and splits them globally.
+    """
+    cfg = ctx.config if isinstance(ctx.config, PrepareConfig) else PrepareConfig.model_validate(ctx.config)
+    decon = _decontaminator(ctx, cfg)
+    stats = process_shard(
+        ctx.input_path("docs") / "docs.parquet",
+        ctx.out / "kept.parquet",
+        ctx.out / "rejects.parquet",
+        cfg,
+        decon,
+    )
+    stats["decontamination_ngrams"] = len(decon) if decon is not None else 0
+    stats["worker"] = f"{socket.gethostname()}/{os.getpid()}"  # where it ran (a cluster's node)
+    ctx.progress(1, 1, f"{stats['kept']}/{stats['input']} kept")
+    return stats
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_into_shards(docs: StepRef, store: ArtifactStore) -> list[StepRef]:
+    """One content-addressed `doc_shard` artifact per ingest shard (a hard link, no copy on a local
+    store), so a shard's downstream key depends on its content, not on the other sources."""
+    refs = []
+    for f in sorted((store.local_path(docs) / "docs").glob("part-*.parquet")):
+        digest = _file_sha256(f)
+        key = step_key(DOC_SHARD_STEP, 1, None, extra={"sha256": digest})
+        if not store.exists(DOC_SHARD_STEP, key):
+            manifest = {"stats": {"sha256": digest, "first_seen_as": f"{docs.step}/{docs.key}/docs/{f.name}"}}
+            with store.write(DOC_SHARD_STEP, key, manifest) as out:
+                try:
+                    os.link(f, out / "docs.parquet")
+                except OSError:
+                    shutil.copy2(f, out / "docs.parquet")
+        ref = store.ref(DOC_SHARD_STEP, key)
+        assert ref is not None
+        refs.append(ref)
+    return refs
+
+
+@task(name="shard_inputs", description="One content-addressed artifact per ingest shard.", retries=1)
+def shard_inputs(docs: StepRef, home: str | None = None) -> list[StepRef]:
+    return split_into_shards(docs, ArtifactStore(home))
+
+
 def prepare_step(ctx: StepContext) -> dict[str, Any]:
-    """Normalize, filter, identify language, score toxicity, decontaminate, redact PII, dedup, split."""
+    """Normalize, filter, identify language, score toxicity, decontaminate, redact PII, dedup, split.
+
+    With inputs ``shard-NNNNN`` (outputs of `prepare_shard`, in ingest shard order) the per-shard
+    work is already done; otherwise it runs here, serially or in `cfg.workers` processes.
+    """
     cfg: PrepareConfig = ctx.config
     docs_dir = ctx.input_path("docs") / "docs"
     in_shards = sorted(docs_dir.glob("part-*.parquet"))
-    decon = None
-    if cfg.decontaminate.enabled and "task" in ctx.inputs:
-        d = cfg.decontaminate
-        decon = Decontaminator.from_task_dir(
-            ctx.input_path("task"), d.ngram, d.splits, d.min_matches, d.min_words
-        )
-    elif cfg.decontaminate.enabled:
-        ctx.logger.warning("prepare: no 'task' input, decontamination skipped")
+    shard_inputs_ = sorted(k for k in ctx.inputs if k.startswith("shard-"))
     out = ctx.out
     work = out / "_work"
     work.mkdir()
-    shards = list(range(len(in_shards)))
-    workers = cfg.workers or os.cpu_count() or 1
     results: list[dict[str, Any]] = []
-    args = [(str(p), str(work), i, cfg.model_dump(mode="json"), decon) for i, p in enumerate(in_shards)]
-    if workers > 1 and len(in_shards) > 1:
-        with ProcessPoolExecutor(min(workers, len(in_shards)), mp_context=get_context("spawn")) as pool:
-            for r in pool.map(process_shard, *zip(*args, strict=True)):
-                results.append(r)
-                ctx.progress(
-                    len(results), len(shards) + 1, f"shard {r['shard']}: {r['kept']}/{r['input']} kept"
+    decon_ngrams = 0
+    if shard_inputs_:
+        if len(shard_inputs_) != len(in_shards):
+            raise ValueError(f"prepare: {len(shard_inputs_)} shard inputs for {len(in_shards)} ingest shards")
+        parts = [
+            (ctx.input_path(n) / "kept.parquet", ctx.input_path(n) / "rejects.parquet") for n in shard_inputs_
+        ]
+        results = [ctx.input_stats(n) for n in shard_inputs_]
+        want = shard_config(cfg).model_dump(mode="json")
+        for n in shard_inputs_:
+            ref = ctx.inputs[n]
+            got = (ctx.store.manifest(ref.step, ref.key) or {}).get("config")
+            if ref.step != "prepare_shard" or got != want:
+                raise ValueError(
+                    f"prepare: input {n} ({ref.step}/{ref.key[:12]}) was not made with this config"
                 )
+        decon_ngrams = max((r.get("decontamination_ngrams", 0) for r in results), default=0)
     else:
-        for a in args:
-            results.append(process_shard(*a))
-            ctx.progress(
-                len(results), len(shards) + 1, f"shard {a[2]}: {results[-1]['kept']}/{results[-1]['input']}"
-            )
+        decon = _decontaminator(ctx, cfg)
+        decon_ngrams = len(decon) if decon is not None else 0
+        parts = [
+            (work / f"kept-{i:05d}.parquet", work / f"rejects-{i:05d}.parquet") for i in range(len(in_shards))
+        ]
+        args = [
+            (str(p), *map(str, parts[i]), cfg.model_dump(mode="json"), decon) for i, p in enumerate(in_shards)
+        ]
+        workers = cfg.workers or os.cpu_count() or 1
+        if workers > 1 and len(in_shards) > 1:
+            with ProcessPoolExecutor(min(workers, len(in_shards)), mp_context=get_context("spawn")) as pool:
+                for r in pool.map(process_shard, *zip(*args, strict=True)):
+                    results.append(r)
+                    ctx.progress(
+                        len(results),
+                        len(in_shards) + 1,
+                        f"shard {len(results) - 1}: {r['kept']}/{r['input']} kept",
+                    )
+        else:
+            for a in args:
+                results.append(process_shard(*a))
+                ctx.progress(
+                    len(results),
+                    len(in_shards) + 1,
+                    f"shard {len(results) - 1}: {results[-1]['kept']}/{results[-1]['input']}",
+                )
+    shards = list(range(len(parts)))
     deduper = make_deduper(cfg)
     previous = 0
     if "previous" in ctx.inputs:  # incremental: dedup against an earlier prepare's kept docs
         prev_index = ctx.input_path("previous") / "dedup" / "index.parquet"
         previous = deduper.load(prev_index)
-    dups = dedup_shards(str(work), shards, deduper)
+    dups = dedup_shards([k for k, _ in parts], deduper)
     (out / "dedup").mkdir()
     deduper.save(out / "dedup" / "index.parquet")
     totals: Counter[str] = Counter()
     for s in shards:
-        totals.update(finalize_shard(str(work), s, out, dups, cfg.validation_fraction))
+        totals.update(finalize_shard(*parts[s], s, out, dups, cfg.validation_fraction))
     for split in ("train", "validation", "rejects"):
         (out / split).mkdir(exist_ok=True)
     shutil.rmtree(work)
@@ -488,7 +630,7 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
             "previous_index_docs": previous,
             "index_docs": len(deduper.kept_ids),
         },
-        "decontamination_ngrams": len(decon) if decon is not None else 0,
+        "decontamination_ngrams": decon_ngrams,
     }
     stats.update(_accounting(out, docs_dir))
     if stats["input"] != stats["kept"] + stats["rejected"]:
@@ -500,3 +642,4 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
 
 
 prepare = step_task("prepare", VERSION, prepare_step)
+prepare_shard = step_task("prepare_shard", SHARD_VERSION, prepare_shard_step)
