@@ -330,7 +330,11 @@ class FinetuneConfig(Section):
     max_seconds: float | None = Field(default=None, gt=0)
     max_len: int = Field(default=256, ge=16)
     warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decay of trainable matrices.")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    checkpoint_every: int = Field(default=50, ge=1, description="Steps between resumable checkpoints.")
+    keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+    resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
     seed: int = 1234
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Used by preference tuning (feedback).")
 

@@ -2,11 +2,18 @@
 
 A checkpoint is a directory `step-NNNNNNNN/` holding
 
-    model/            save_pretrained (config.json + model.safetensors): loadable on its own
+    model/            save_pretrained of the trained weights, loadable on its own: the whole
+                      model (config.json + model.safetensors) for pretraining and full
+                      fine-tuning; for a peft model only the adapter (adapter_config.json +
+                      adapter_model.safetensors: LoRA matrices or prompt-tuning embeddings)
     optimizer.pt      optimizer state_dicts (a list: AdamW, plus Muon when used)
     rng-<rank>.pt     torch CPU (and CUDA) generator states of each process
-    state.json        step, tokens, elapsed seconds, scheduler state, python/numpy RNG states,
-                      the loss history so far, the run config; written LAST
+    state.json        step, elapsed seconds (with the step, all the lr schedule depends on), the
+                      base architecture, python/numpy RNG states, what the loop adds (tokens,
+                      loss history, config); written LAST
+
+Both training loops (model/train.py, model/finetune.py) save and resume through this module; each
+draws its batches as a pure function of (seed, step), so the step is the data position.
 
 It is written to a temporary directory and renamed, and `state.json` is its completion mark, so a
 process killed mid-save leaves no directory that looks complete. Loading never unpickles code:
@@ -35,6 +42,8 @@ from model.presets import arch_signature
 
 log = logging.getLogger("llmflow.model")
 STATE = "state.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "num_virtual_tokens")
 
 
 class CheckpointError(RuntimeError):
@@ -96,7 +105,7 @@ def save(
     if barrier:
         barrier()
     if is_main:
-        full = {**state, "step": step, "rng": _rng_state()}
+        full = {**state, "step": step, "arch": arch_signature(model.config), "rng": _rng_state()}
         with open(tmp / STATE, "w") as f:
             json.dump(full, f)
             f.flush()
@@ -117,11 +126,20 @@ def candidates(root: str | Path) -> list[Path]:
     return sorted(root.glob("step-*"), reverse=True) if root.exists() else []
 
 
-def check_arch(ckpt: Path, config) -> None:
-    """Raise CheckpointError if the checkpoint's model is not shaped like `config`."""
-    path = ckpt / "model" / "config.json"
+def _is_adapter(ckpt: Path) -> bool:
+    return (ckpt / "model" / ADAPTER_CONFIG).exists()
+
+
+def check_arch(ckpt: Path, config, state: dict[str, Any] | None = None) -> None:
+    """Raise CheckpointError if the checkpoint's model is not shaped like `config`.
+
+    The shape comes from `model/config.json`, or for adapter checkpoints from state.json's `arch`.
+    """
     try:
-        theirs = arch_signature(json.loads(path.read_text()))
+        if (ckpt / "model" / "config.json").exists() or not (state and "arch" in state):
+            theirs = arch_signature(json.loads((ckpt / "model" / "config.json").read_text()))
+        else:
+            theirs = state["arch"]
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt}: unreadable model config ({e})") from e
     ours = arch_signature(config)
@@ -134,8 +152,44 @@ def check_arch(ckpt: Path, config) -> None:
         )
 
 
+def check_adapter(ckpt: Path, model) -> None:
+    """Raise CheckpointError unless the checkpoint's adapter is configured like `model`'s."""
+    if not hasattr(model, "peft_config"):
+        raise CheckpointError(f"checkpoint {ckpt} is of another architecture (an adapter; this run has none)")
+    try:
+        theirs = json.loads((ckpt / "model" / ADAPTER_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt}: unreadable adapter config ({e})") from e
+    ours = model.peft_config["default"].to_dict()
+
+    def norm(v):
+        return sorted(v) if isinstance(v, list | set | tuple) else v
+
+    diff = {
+        k: (theirs.get(k), ours.get(k)) for k in ADAPTER_FIELDS if norm(theirs.get(k)) != norm(ours.get(k))
+    }
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {ckpt} is of another architecture (adapter {what})")
+
+
+def _load_adapter_weights(ckpt: Path, model, weights: dict[str, torch.Tensor]) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    want = set(get_peft_model_state_dict(model))
+    if set(weights) != want:
+        raise CheckpointError(
+            f"{ckpt}: adapter weights do not match the model "
+            f"(missing {sorted(want - set(weights))[:3]}, unexpected {sorted(set(weights) - want)[:3]})"
+        )
+    try:
+        set_peft_model_state_dict(model, weights)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{ckpt}: adapter weights do not fit the model ({e})") from e
+
+
 def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0) -> dict[str, Any]:
-    """Restore model, optimizers and RNG states from one checkpoint; returns its state.json."""
+    """Restore model (or adapter), optimizers and RNG states from one checkpoint; returns state.json."""
     ckpt = Path(ckpt)
     state_path = ckpt / STATE
     if not state_path.exists():
@@ -144,30 +198,43 @@ def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank:
         state = json.loads(state_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{ckpt}: corrupt {STATE} ({e})") from e
-    check_arch(ckpt, model.config)
+    adapter = _is_adapter(ckpt)
+    check_arch(ckpt, model.config, state)
+    if adapter:
+        check_adapter(ckpt, model)
+    elif hasattr(model, "peft_config"):
+        raise CheckpointError(
+            f"checkpoint {ckpt} is of another architecture (whole model; this run has an adapter)"
+        )
     try:
-        weights = load_file(ckpt / "model" / "model.safetensors")
+        weights = load_file(
+            ckpt / "model" / ("adapter_model.safetensors" if adapter else "model.safetensors")
+        )
         opt_states = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
         rng_file = ckpt / f"rng-{rank}.pt"
         rng = torch.load(rng_file if rng_file.exists() else ckpt / "rng-0.pt", weights_only=True)
     except Exception as e:  # safetensors/pickle raise many types on truncated files
-        raise CheckpointError(f"{ckpt}: corrupt checkpoint files ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [""])[0]  # torch's unpickling errors run to pages
+        raise CheckpointError(f"{ckpt}: corrupt checkpoint files ({type(e).__name__}: {first})") from e
     if len(opt_states) != len(optimizers):
         raise CheckpointError(
             f"{ckpt} holds {len(opt_states)} optimizer states, this run has {len(optimizers)} "
             f"(optimizer changed?)"
         )
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [
-        k
-        for k in missing
-        if k not in tied and not (model.config.tie_word_embeddings and k == "lm_head.weight")
-    ]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    if adapter:
+        _load_adapter_weights(ckpt, model, weights)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or {})
+        missing = [
+            k
+            for k in missing
+            if k not in tied and not (model.config.tie_word_embeddings and k == "lm_head.weight")
+        ]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
     try:
         for opt, s in zip(optimizers, opt_states, strict=True):
             opt.load_state_dict(s)

@@ -8,11 +8,14 @@ The contract, torchtune-recipe style: plain functions and one explicit loop.
   separately, exactly as generation sees them (the prompt alone, then new tokens). A row longer
   than `max_len` loses prompt tokens from the left; a row whose response alone does not fit, or a
   malformed row, is rejected with a reason (`invalid:*`, `too_long:response`). Batches are
-  length-bucketed so padding stays small.
+  length-bucketed so padding stays small, and batch `step` is a pure function of (seed, step).
 - Methods (peft). `lora` wraps the attention and MLP projections; `prompt` learns
   `num_virtual_tokens` input embeddings initialised from `prompt_init_text`; `full` trains every
-  weight (the baseline). One loop: accelerate (bf16 only on capable GPUs for `auto`), AdamW,
-  linear warmup + cosine decay, stop at `max_steps` or `max_seconds`, validation loss at the end.
+  weight (the baseline). One loop, built from model/train.py's pieces (accelerate and mixed
+  precision, the AdamW builder, warmup + cosine schedule, step and wall-clock budgets) and
+  model/checkpoint.py: every `checkpoint_every` steps it saves the trainable weights (the adapter,
+  or all weights for full), optimizer, RNG states and step, and a rerun with the same checkpoint
+  directory resumes exactly: the same per-step losses as a run that never stopped.
 - Outputs. `save_finetuned` writes `adapter/` (peft format, plus `llmflow_base.json`, the base's
   fingerprint) and `model/`: the merged weights (`merge_and_unload`) for LoRA, all weights for
   full, and for prompt tuning (which cannot merge) a copy of the base. `load_finetuned(dir)` is
@@ -41,8 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from llmflow.config import DPOConfig, FinetuneConfig
+from model import checkpoint as ckpt
 from model.chat import ASSISTANT, CHAT_TEMPLATE, ROLE_TOKENS, SYSTEM, USER, format_messages, format_response
 from model.chat import format_prompt as _format_prompt
+from model.train import build_optimizers, lr_factor, make_accelerator, run_fraction, set_lr, should_stop
 
 log = logging.getLogger("llmflow.finetune")
 
@@ -50,6 +55,7 @@ IGNORE = -100
 FINETUNE_META = "llmflow_finetune.json"  # in model/: how to load it (merged or base + adapter)
 BASE_META = "llmflow_base.json"  # in adapter/: which base the adapter was trained on
 ProgressFn = Callable[[float, float, str], None]
+LogFn = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- data
@@ -184,22 +190,49 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
-def bucketed_batches(n_items: int, lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless index batches: shuffle, sort by length within windows of 32 batches, shuffle batches.
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of index batches: shuffle, sort by length within windows of 32 batches, shuffle.
 
-    Examples of similar length share a batch (little padding) while the order stays random.
+    Examples of similar length share a batch (little padding) while the order stays random. The
+    order depends on (seed, epoch) only, and every epoch has the same number of batches.
     """
-    rng = random.Random(seed)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 32
+    batches = []
+    for s in range(0, len(order), window):
+        chunk = sorted(order[s : s + window], key=lambda i: lengths[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class BucketedBatches:
+    """`batches(step)` -> the example indices of training step `step`, a pure function of
+    (seed, step): a resumed run needs only its step to continue the same data order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self._epoch, self._batches = 0, epoch_batches(lengths, batch_size, seed, 0)
+        self.per_epoch = len(self._batches)
+
+    def __call__(self, step: int) -> list[int]:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+        return self._batches[i]
+
+
+def bucketed_batches(n_items: int, lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless index batches in training order (see `BucketedBatches`)."""
+    if len(lengths) != n_items:
+        raise ValueError(f"{len(lengths)} lengths for {n_items} items")
+    batches = BucketedBatches(lengths, batch_size, seed)
+    step = 0
     while True:
-        order = list(range(n_items))
-        rng.shuffle(order)
-        window = batch_size * 32
-        batches = []
-        for s in range(0, n_items, window):
-            chunk = sorted(order[s : s + window], key=lambda i: lengths[i])
-            batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
+        yield batches(step)
+        step += 1
 
 
 # --------------------------------------------------------------------------- models
@@ -289,24 +322,6 @@ def param_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
-def make_accelerator(mixed_precision: str):
-    """An Accelerator; `auto` means bf16 on a GPU that supports it, else full precision."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    mp = mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if mp == "fp16" and not torch.cuda.is_available():
-        log.warning("fp16 needs a GPU; training in full precision")
-        mp = "no"
-    try:
-        return Accelerator(mixed_precision=mp)
-    except ValueError:  # a previous step in this process set another precision
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mp)
-
-
 # --------------------------------------------------------------------------- SFT loop
 
 
@@ -342,40 +357,64 @@ def train_sft(
     cfg: FinetuneConfig,
     pad_id: int,
     progress: ProgressFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: LogFn = log.info,
 ) -> TrainResult:
-    """The fine-tuning loop. `model` is already wrapped (see `wrap_model`); returns it unwrapped."""
-    from transformers import get_cosine_schedule_with_warmup
+    """The fine-tuning loop. `model` is already wrapped (see `wrap_model`); returns it unwrapped.
 
+    With `checkpoint_dir`, saves a checkpoint every `cfg.checkpoint_every` steps (and at the end)
+    and, when `cfg.resume`, first continues from the newest one that loads (CheckpointError when
+    none does, or when they belong to another model or adapter). `progress(fraction, 1.0, msg)`
+    is called after every step with msg `step N loss L`.
+    """
     if not train:
         raise ValueError("no usable training examples (all rows were rejected?)")
-    torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg.mixed_precision)
+    optimizers = build_optimizers(model, cfg, fused=torch.cuda.is_available())
+    model, *optimizers = acc.prepare(model, *optimizers)
+    raw, raw_opts = acc.unwrap_model(model), [o.optimizer for o in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0 if cfg.method != "full" else 0.01)
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.max_steps // 2), cfg.max_steps)
-    model, opt, sched = acc.prepare(model, opt, sched)
-    batches = bucketed_batches(len(train), [len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed)
-    history: list[dict[str, float]] = []
+    batches = BucketedBatches([len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed)
+
+    torch.manual_seed(cfg.seed)  # dropout; a resume restores the generator from the checkpoint
+    step, elapsed, history = 0, 0.0, []
+    if checkpoint_dir is not None and cfg.resume:
+        state = ckpt.latest(checkpoint_dir, raw, raw_opts)
+        if state is not None:
+            step, elapsed, history = state["step"], state["elapsed"], state["history"]
+            log(f"resumed from {state['path']} at step {step}")
+
+    def save_checkpoint() -> None:
+        state = {"elapsed": elapsed, "history": history, "config": cfg.model_dump(mode="json")}
+        ckpt.save(checkpoint_dir, step, raw, raw_opts, state, keep=cfg.keep_checkpoints)
+
     model.train()
-    t0 = time.time()
-    step = 0
-    while step < cfg.max_steps:
-        if cfg.max_seconds is not None and time.time() - t0 > cfg.max_seconds:
+    t_start = time.time() - elapsed
+    while True:
+        elapsed = time.time() - t_start
+        done = run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds)
+        if should_stop(acc, done):
             break
-        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in next(batches)], pad_id).items()}
+        lr = cfg.lr * lr_factor(cfg, step, done)
+        set_lr(raw_opts, lr)
+        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in batches(step)], pad_id).items()}
         loss = model(**batch).loss
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         step += 1
-        history.append(
-            {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
-        )
-        if progress is not None and (step % 10 == 0 or step == cfg.max_steps):
-            progress(step, cfg.max_steps, f"step {step} loss {history[-1]['loss']:.3f}")
-    seconds = time.time() - t0
+        elapsed = time.time() - t_start
+        history.append({"step": step, "loss": loss.item(), "lr": lr, "seconds": round(elapsed, 3)})
+        if progress is not None:
+            fraction = min(run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds), 1.0)
+            progress(fraction, 1.0, f"step {step} loss {history[-1]['loss']:.3f}")
+        if checkpoint_dir is not None and step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+    if checkpoint_dir is not None and history and step % cfg.checkpoint_every:
+        save_checkpoint()
+    seconds = time.time() - t_start
     model = acc.unwrap_model(model)
     tail = [h["loss"] for h in history[-10:]]
     stats = {
@@ -396,18 +435,26 @@ def finetune(
     validation_rows: list[dict[str, Any]],
     cfg: FinetuneConfig,
     progress: ProgressFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: LogFn = log.info,
 ) -> tuple[TrainResult, Any, dict[str, SFTData]]:
-    """Load the base at `model_dir`, fine-tune it with `cfg.method`: (result, tokenizer, data)."""
+    """Load the base at `model_dir`, fine-tune it with `cfg.method`: (result, tokenizer, data).
+
+    `checkpoint_dir`: where `train_sft` saves and resumes checkpoints (None: no checkpoints).
+    """
     model, tokenizer = load_base(model_dir)
     fingerprint = base_fingerprint(model)
     data = {
         "train": build_sft(train_rows, tokenizer, cfg.max_len),
         "validation": build_sft(validation_rows, tokenizer, cfg.max_len),
     }
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation
     model = wrap_model(model, cfg, tokenizer_dir=model_dir)
     trainable, total = param_counts(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    result = train_sft(model, data["train"].examples, data["validation"].examples, cfg, pad_id, progress)
+    result = train_sft(
+        model, data["train"].examples, data["validation"].examples, cfg, pad_id, progress, checkpoint_dir, log
+    )
     result.stats.update(
         trainable_params=trainable,
         total_params=total,
@@ -582,8 +629,6 @@ def dpo_train(
     base at `model_dir`) that adapter is trained further and the reference is the bare base. The
     reference log-probs come from the same weights under `disable_adapter()`.
     """
-    from transformers import get_cosine_schedule_with_warmup
-
     cfg = cfg or DPOConfig()
     lora = (lora or FinetuneConfig()).model_copy(update={"method": "lora"})
     torch.manual_seed(cfg.seed)
@@ -606,20 +651,19 @@ def dpo_train(
     ref = torch.cat(ref_c), torch.cat(ref_r)
     start_margin = preference_margin(model, pairs, pad_id)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    (opt,) = build_optimizers(model, cfg, fused=torch.cuda.is_available())
+    model, opt = acc.prepare(model, opt)
     model.train()
     rng = random.Random(cfg.seed)
     t0, history = time.time(), []
     for step in range(1, cfg.steps + 1):
+        set_lr([opt], cfg.lr * lr_factor(cfg, step - 1, (step - 1) / cfg.steps))
         idx = rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))
         pc, pr = _pair_logps(model, [pairs[i] for i in idx], pad_id, acc.device)
         loss, cr, rr = dpo_loss(pc, pr, ref[0][idx], ref[1][idx], cfg.beta)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         opt.zero_grad(set_to_none=True)
         history.append({"step": step, "loss": loss.item(), "accuracy": float((cr > rr).float().mean())})
         if progress is not None and step % 10 == 0:

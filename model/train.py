@@ -12,6 +12,11 @@ What a step is: `grad_accum` micro-batches of `batch_size` windows per process, 
 optimizer update. The learning-rate schedule runs on a progress fraction in [0, 1], the largest
 of step/max_steps, tokens/max_tokens and seconds/max_seconds, so a wall-clock budget still decays
 the learning rate to its floor exactly when time runs out.
+
+The pieces both training loops use live here, once: `make_accelerator` (precision and a clean
+accelerate state), `build_optimizers`, `lr_factor`/`set_lr` (the schedule), `run_fraction` and
+`should_stop` (step and wall-clock budgets). model/finetune.py's loop imports them, and both save
+and resume through model/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -76,45 +81,102 @@ def hardware() -> tuple[str, float, float]:
     return f"CPU x{cores} threads", peak or cores * CPU_PEAK_PER_CORE, cores * CPU_WATTS_PER_CORE
 
 
-def lr_factor(cfg: PretrainConfig, step: int, progress: float) -> float:
-    """Multiplier of cfg.lr: linear warmup by steps, then cosine / warmup-stable-decay / constant."""
+def make_accelerator(mixed_precision: str, grad_accum: int = 1):
+    """An Accelerator for one run, precision resolved by `resolve_precision`.
+
+    accelerate keeps its state in process-wide singletons: a second run in the same process (a
+    retried task, tests, pretrain then finetune) may use another precision or accumulation, so
+    the state is reset first, unless we are one of several launched processes.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if not torch.distributed.is_initialized():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_precision(mixed_precision),
+        gradient_accumulation_steps=grad_accum,
+    )
+
+
+def lr_factor(cfg, step: int, progress: float) -> float:
+    """Multiplier of cfg.lr: linear warmup by steps, then cosine / warmup-stable-decay / constant.
+
+    `cfg` is any config with `warmup_steps` (PretrainConfig, FinetuneConfig, DPOConfig); one
+    without `schedule`/`min_lr_ratio` gets cosine decay to zero.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    floor = cfg.min_lr_ratio
+    schedule = getattr(cfg, "schedule", "cosine")
+    floor = getattr(cfg, "min_lr_ratio", 0.0)
     p = min(max(progress, 0.0), 1.0)
-    if cfg.schedule == "cosine":
+    if schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-    if cfg.schedule == "wsd":
+    if schedule == "wsd":
         start = 1 - cfg.decay_fraction
         return 1.0 if p < start else 1 - (1 - floor) * (p - start) / cfg.decay_fraction
     return 1.0
 
 
-def build_optimizers(model, cfg: PretrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    """The schedule is a pure function of (step, progress): no scheduler object to checkpoint."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+
+def run_fraction(
+    step: int,
+    max_steps: int,
+    seconds: float,
+    max_seconds: float | None = None,
+    tokens: int = 0,
+    max_tokens: int | None = None,
+) -> float:
+    """How far the run is, in [0, inf): the largest of its step, token and wall-clock budgets."""
+    p = step / max_steps
+    if max_tokens:
+        p = max(p, tokens / max_tokens)
+    if max_seconds:
+        p = max(p, seconds / max_seconds)
+    return p
+
+
+def should_stop(acc, fraction: float) -> bool:
+    """True once `fraction` >= 1; under several processes rank 0's wall clock decides for all."""
+    stop = torch.tensor([1.0 if fraction >= 1.0 else 0.0], device=acc.device)
+    if acc.num_processes > 1:
+        stop = acc.reduce(stop, reduction="max")
+    return stop.item() > 0
+
+
+def build_optimizers(model, cfg, fused: bool = False) -> list[torch.optim.Optimizer]:
     """AdamW (no decay on norms/biases), or Muon for 2-D hidden matrices + AdamW for the rest.
 
+    Only parameters with `requires_grad` are optimised, so the same builder serves pretraining,
+    full fine-tuning and adapters (LoRA / prompt tuning). `cfg` needs `lr`; `weight_decay` and
+    `optimizer` default to 0 and AdamW (FinetuneConfig, DPOConfig).
     Muon uses `adjust_lr_fn="match_rms_adamw"` (Moonshot's scaling) so one `lr` serves both.
     Embeddings and the output head stay on AdamW, as Muon's authors advise.
     """
+    decay = getattr(cfg, "weight_decay", 0.0)
     emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
     matrices = [p for p in params if p.ndim == 2 and id(p) not in emb]
     embeds = [p for p in params if id(p) in emb]
     vectors = [p for p in params if p.ndim < 2]
     adam_kw = dict(lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
-    if cfg.optimizer == "muon":
-        muon = torch.optim.Muon(
-            matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
-        )
-        groups = [
-            {"params": embeds, "weight_decay": cfg.weight_decay},
-            {"params": vectors, "weight_decay": 0.0},
-        ]
+    if getattr(cfg, "optimizer", "adamw") == "muon":
+        muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=decay, adjust_lr_fn="match_rms_adamw")
+        groups = [{"params": embeds, "weight_decay": decay}, {"params": vectors, "weight_decay": 0.0}]
         return [muon, torch.optim.AdamW(groups, **adam_kw)]
     groups = [
-        {"params": matrices + embeds, "weight_decay": cfg.weight_decay},
+        {"params": matrices + embeds, "weight_decay": decay},
         {"params": vectors, "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
     return [torch.optim.AdamW(groups, **adam_kw)]
 
 
@@ -148,26 +210,14 @@ def train(
     Raises ShardError for unusable shards, ValueError for a vocabulary/model mismatch, and
     CheckpointError for a checkpoint that cannot be resumed.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     out_dir, shards_dir = Path(out_dir), Path(shards_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
-    precision = resolve_precision(cfg.mixed_precision)
-    if not torch.distributed.is_initialized():
-        # accelerate keeps its state in process-wide singletons: a second run in the same
-        # process (a retried task, tests) may use another precision or accumulation.
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    acc = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-    )
+    acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    precision = acc.mixed_precision
     main = acc.is_main_process
     say = log if main else (lambda _m: None)
 
@@ -230,12 +280,7 @@ def train(
     )
 
     def progress_of(step: int, tokens: int, seconds: float) -> float:
-        p = step / cfg.max_steps
-        if cfg.max_tokens:
-            p = max(p, tokens / cfg.max_tokens)
-        if cfg.max_seconds:
-            p = max(p, seconds / cfg.max_seconds)
-        return p
+        return run_fraction(step, cfg.max_steps, seconds, cfg.max_seconds, tokens, cfg.max_tokens)
 
     def evaluate() -> dict[str, float]:
         return evaluate_bpb(raw, shards_dir, "validation", cfg.seq_len, cfg.batch_size, cfg.eval_batches, acc)
@@ -254,15 +299,10 @@ def train(
     while True:
         elapsed = time.time() - t_start
         done = progress_of(step, tokens, elapsed)
-        stop = torch.tensor([1.0 if done >= 1.0 else 0.0], device=acc.device)
-        if acc.num_processes > 1:  # the wall clock differs per process: rank 0 decides for all
-            stop = acc.reduce(stop, reduction="max")
-        if stop.item() > 0:
+        if should_stop(acc, done):
             break
         lr = cfg.lr * lr_factor(cfg, step, done)
-        for opt in raw_opts:
-            for g in opt.param_groups:
-                g["lr"] = lr
+        set_lr(raw_opts, lr)
         loss_sum = torch.zeros((), device=acc.device)
         for micro in range(cfg.grad_accum):
             x, y = data.batch(step, micro)

@@ -5,13 +5,20 @@ validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (loa
 `model.finetune.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
 prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
 `lineage.json` (base, data, config, code version) for the registry.
+
+Checkpoints (trainable weights, optimizer, RNG states, step) are written every
+`checkpoint_every` steps to a work directory outside the staging folder,
+`<LLMFLOW_HOME>/work/finetune/<key>/checkpoints`, so a killed or retried task with the same key
+resumes where it stopped; a successful run removes it, so a forced rerun starts afresh.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,7 @@ from llmflow.store import StepRef
 from model import finetune as ft
 from tasks.common import step_task
 
-VERSION = 1
+VERSION = 2
 
 
 def code_version() -> dict[str, Any]:
@@ -42,8 +49,16 @@ def code_version() -> dict[str, Any]:
     return out
 
 
+def work_dir(ctx: StepContext) -> Path:
+    """Where this step's checkpoints live between tries: keyed like the artifact, not staged."""
+    if ctx.store.is_local:
+        return Path(ctx.store.path("work", "finetune", ctx.key))
+    return Path(tempfile.gettempdir()) / "llmflow-work" / "finetune" / ctx.key
+
+
 def finetune_step(ctx: StepContext) -> dict[str, Any]:
-    """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full)."""
+    """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full); resumes from the
+    step's own checkpoints."""
     cfg = ctx.config
     base_dir = ctx.input_path("base") / "model"
     task_dir = ctx.input_path("task")
@@ -54,7 +69,12 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         "finetune %s on %d train / %d validation rows", cfg.method, len(train_rows), len(val_rows)
     )
 
-    result, tokenizer, data = ft.finetune(base_dir, train_rows, val_rows, cfg, progress=ctx.progress)
+    ckpts = work_dir(ctx) / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    result, tokenizer, data = ft.finetune(
+        base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
+        log=lambda m: ctx.logger.info("%s", m),
+    )  # fmt: skip
     stats = result.stats
     ft.save_finetuned(result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"])
 
@@ -75,6 +95,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         "base_fingerprint": stats["base_fingerprint"],
     }
     (ctx.out / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    shutil.rmtree(work_dir(ctx), ignore_errors=True)  # the artifact is complete: checkpoints go
 
     ctx.table(
         [{"metric": k, "value": v} for k, v in stats.items() if not isinstance(v, dict)],

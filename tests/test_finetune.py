@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -211,6 +213,105 @@ def test_max_seconds_stops_training_early(dirs):
     assert 1 <= result.stats["steps"] < 10_000 and result.stats["seconds"] < 10
 
 
+# --------------------------------------------------------------------------- checkpoints, resume
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    def bomb(done, total, msg):
+        if msg.startswith(f"step {step} "):
+            raise Killed
+
+    return bomb
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    lengths = [i % 7 for i in range(20)]
+    gen = ft.bucketed_batches(20, lengths, 4, seed=3)
+    first = [next(gen) for _ in range(12)]  # 5 batches per epoch: crosses two epoch boundaries
+    fresh = ft.BucketedBatches(lengths, 4, seed=3)
+    assert [fresh(s) for s in (11, 3, 7)] == [first[11], first[3], first[7]]  # any order, same answer
+    assert first[:5] != first[5:10]  # each epoch is reshuffled
+    assert sorted(i for b in first[5:10] for i in b) == list(range(20))
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt", "full"])
+def test_stopped_and_resumed_run_gives_the_same_losses(dirs, tmp_path, method):
+    # lora_dropout > 0: the resumed run must also restore the dropout RNG
+    c = cfg(method=method, max_steps=8, checkpoint_every=3, lora_dropout=0.1, warmup_steps=2)
+    c = c.model_copy(update={"lr": 3e-3}) if method == "full" else c
+    c = c.model_copy(update={"num_virtual_tokens": 4}) if method == "prompt" else c
+    rows = task_rows(40)
+    straight, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "a")
+    losses = [h["loss"] for h in straight.history]
+    assert len(losses) == 8
+
+    with pytest.raises(Killed):
+        ft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=tmp_path / "b")
+    from model import checkpoint as ckpt
+
+    [saved] = ckpt.candidates(tmp_path / "b")
+    assert saved.name == "step-00000003"
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert (saved / "model" / weights).exists() and (saved / "optimizer.pt").exists()
+    if method != "full":  # only the trainable weights: the adapter, not the base
+        from safetensors.torch import load_file
+
+        keys = list(load_file(saved / "model" / weights))
+        assert keys and all("lora_" in k or k == "prompt_embeddings" for k in keys), keys
+
+    logs: list[str] = []
+    resumed, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "b", log=logs.append)
+    assert any("resumed from" in m and "step 3" in m for m in logs)
+    assert [h["step"] for h in resumed.history] == list(range(1, 9))
+    assert max(abs(a - b["loss"]) for a, b in zip(losses, resumed.history, strict=True)) < 1e-5
+    a = dict(straight.model.named_parameters())
+    for name, p in resumed.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, a[name], atol=1e-5), name
+
+
+def test_corrupt_or_foreign_checkpoints_fall_back_or_fail_clearly(dirs, tmp_path):
+    from model import checkpoint as ckpt
+
+    c = cfg(max_steps=6, checkpoint_every=2, keep_checkpoints=3)
+    rows = task_rows(24)
+    root = tmp_path / "ck"
+    with pytest.raises(Killed):
+        ft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=root)
+    assert [p.name for p in ckpt.candidates(root)] == ["step-00000004", "step-00000002"]
+    spare = tmp_path / "spare"
+    shutil.copytree(root, spare)
+
+    # an adapter of another shape (rank 8 vs 4) is refused, never silently trained over
+    with pytest.raises(ckpt.CheckpointError, match="another architecture.*r: checkpoint 4 vs run 8"):
+        ft.finetune(dirs["base"], rows, [], cfg(max_steps=6, lora_r=8), checkpoint_dir=root)
+    with pytest.raises(ckpt.CheckpointError, match="another architecture"):
+        ft.finetune(dirs["base"], rows, [], cfg(method="full", max_steps=6), checkpoint_dir=root)
+
+    # a truncated newest adapter: resume falls back to step 2 and still finishes the run
+    weights = root / "step-00000004" / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    logs: list[str] = []
+    result, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=root, log=logs.append)
+    assert any("resumed from" in m and "step-00000002" in m for m in logs)
+    assert result.stats["steps"] == 6 and [h["step"] for h in result.history] == list(range(1, 7))
+
+    # every checkpoint unusable (corrupt weights, a partial one without state.json): a clear error
+    (spare / "step-00000004" / "optimizer.pt").write_bytes(b"not a pickle")
+    (spare / "step-00000002" / "state.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="could be loaded.*corrupt checkpoint files.*partial"):
+        ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=spare)
+    # resume=False ignores them and starts afresh
+    fresh, _, _ = ft.finetune(
+        dirs["base"], rows, [], c.model_copy(update={"resume": False}), checkpoint_dir=spare
+    )
+    assert fresh.history[0]["step"] == 1
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -337,3 +438,34 @@ def test_finetune_step_through_run_step(dirs, tmp_path):
     scores = ft.rouge_l_vs_base(dirs["base"], out, rows, max_new_tokens=6)
     assert scores["n"] == 6 and 0 <= scores["base"] <= 1 and 0 <= scores["finetuned"] <= 1
     assert scores["gain"] == pytest.approx(scores["finetuned"] - scores["base"], abs=1e-3)
+    assert not (tmp_path / "home" / "work" / "finetune" / ref.key).exists()  # checkpoints released
+
+
+def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
+    """A task killed after a checkpoint and run again with the same key continues from it."""
+    from tasks.finetune import VERSION, finetune_step, work_dir
+
+    store = ArtifactStore(tmp_path / "home")
+    _fake_artifact(store, "pretrain", "b" * 64, lambda out: shutil.copytree(dirs["base"], out / "model"))
+    _fake_artifact(store, "task_data", "t" * 64, lambda out: write_jsonl(out / "train.jsonl", task_rows(24)))
+    inputs = {"base": store.ref("pretrain", "b" * 64), "task": store.ref("task_data", "t" * 64)}
+    config = cfg(max_steps=10, checkpoint_every=3)
+    with pytest.raises(Killed):
+        run_step("finetune", VERSION, finetune_step, config, inputs, store=store, on_progress=kill_at(7))
+    logs: list[str] = []
+
+    class L:
+        def info(self, fmt, *a):
+            logs.append(fmt % a)
+
+        warning = debug = info
+
+    ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store, logger=L())
+    assert ref.status == "ran" and ref.stats["steps"] == 10
+    assert any("resumed from" in m and "step-00000006" in m for m in logs)
+    out = store.local_path(ref)
+    steps = [int(r["step"]) for r in csv.DictReader((out / "loss.csv").read_text().splitlines())]
+    assert steps == list(range(1, 11))  # the loss curve spans both tries
+    from types import SimpleNamespace
+
+    assert not work_dir(SimpleNamespace(store=store, key=ref.key)).exists()
