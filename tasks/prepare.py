@@ -333,48 +333,72 @@ def finalize_shard(
 
 def _accounting(out: Path, docs_dir: Path) -> dict[str, Any]:
     """Per-source/licence/language/reason counts read back from the written files, plus the
-    invariant input = kept + rejected, by id (raises if violated)."""
-    inp = (
-        pq.read_table(docs_dir, columns=["id", "source", "meta"])
-        if any(docs_dir.glob("part-*.parquet"))
-        else None
-    )
-    kept = [pq.read_table(out / s, columns=["id", "source", "meta", "lang"]) for s in ("train", "validation")]
-    kept_t = pa.concat_tables(kept)
-    rej = pq.read_table(out / "rejects", columns=["id", "source", "reason"])
-    in_ids = Counter(inp.column("id").to_pylist()) if inp is not None else Counter()
-    out_ids = Counter(kept_t.column("id").to_pylist()) + Counter(rej.column("id").to_pylist())
-    if in_ids != out_ids:
-        missing = list((in_ids - out_ids).keys())[:5]
-        extra = list((out_ids - in_ids).keys())[:5]
-        raise RuntimeError(f"prepare accounting broken: missing ids {missing}, unexpected ids {extra}")
-    license_of = (
-        dict(zip(inp.column("id").to_pylist(), map(_license, inp.column("meta").to_pylist()), strict=True))
-        if inp
-        else {}
-    )
+    invariant input = kept + rejected, by id (raises if violated).
+
+    Checked shard by shard (output part N holds exactly the documents of input part N), so the
+    memory is bounded by one shard, not by the corpus."""
     by_source: dict[str, Counter] = defaultdict(Counter)
     by_license: dict[str, Counter] = defaultdict(Counter)
-    for kind, t in (("kept", kept_t), ("rejected", rej)):
-        for i, s in zip(t.column("id").to_pylist(), t.column("source").to_pylist(), strict=True):
-            by_source[s][kind] += 1
-            by_license[license_of.get(i, "unknown")][kind] += 1
-    reasons = Counter(rej.column("reason").to_pylist())
+    langs: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    in_parts = sorted(docs_dir.glob("part-*.parquet"))
+    names = {f"part-{i:05d}.parquet" for i in range(len(in_parts))}
+    stray = [f"{s}/{f.name}" for s in ("train", "validation", "rejects") for f in (out / s).glob("*.parquet")]
+    stray = [f for f in stray if f.split("/")[1] not in names]
+    if stray:
+        raise RuntimeError(f"prepare accounting broken: output parts without an input shard {stray[:5]}")
+
+    def read(split: str, name: str, columns: list[str]) -> pa.Table | None:
+        f = out / split / name
+        return pq.read_table(f, columns=columns) if f.exists() else None
+
+    for i, f in enumerate(in_parts):
+        name = f"part-{i:05d}.parquet"
+        inp = pq.read_table(f, columns=["id", "meta"])
+        kept = [read(s, name, ["id", "source", "lang"]) for s in ("train", "validation")]
+        kept = [t for t in kept if t is not None]
+        kept_t = pa.concat_tables(kept) if kept else None
+        rej = read("rejects", name, ["id", "source", "reason"])
+        in_ids = Counter(inp.column("id").to_pylist())
+        out_ids = Counter()
+        for t in (kept_t, rej):
+            if t is not None:
+                out_ids.update(t.column("id").to_pylist())
+        if in_ids != out_ids:
+            missing = list((in_ids - out_ids).keys())[:5]
+            extra = list((out_ids - in_ids).keys())[:5]
+            raise RuntimeError(
+                f"prepare accounting broken in shard {i}: missing ids {missing}, unexpected ids {extra}"
+            )
+        license_of = dict(
+            zip(inp.column("id").to_pylist(), map(_license, inp.column("meta").to_pylist()), strict=True)
+        )
+        for kind, t in (("kept", kept_t), ("rejected", rej)):
+            if t is None:
+                continue
+            for doc_id, s in zip(t.column("id").to_pylist(), t.column("source").to_pylist(), strict=True):
+                by_source[s][kind] += 1
+                by_license[license_of.get(doc_id, "unknown")][kind] += 1
+        if kept_t is not None:
+            langs.update(kept_t.column("lang").to_pylist())
+        if rej is not None:
+            reasons.update(rej.column("reason").to_pylist())
     return {
         "by_source": {k: dict(v) for k, v in sorted(by_source.items())},
         "by_license": {k: dict(v) for k, v in sorted(by_license.items())},
-        "by_language": dict(Counter(kept_t.column("lang").to_pylist()).most_common()),
+        "by_language": dict(langs.most_common()),
         "rejects_by_reason": dict(reasons.most_common()),
         "errors": sum(v for k, v in reasons.items() if k.startswith("error:")),
     }
 
 
 def _report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> None:
-    rej = pq.read_table(out / "rejects")
     examples: dict[str, list[dict]] = defaultdict(list)
-    for row in rej.to_pylist():
-        if len(examples[row["reason"]]) < k:
-            examples[row["reason"]].append(row)
+    for f in sorted((out / "rejects").glob("part-*.parquet")):  # streamed: rejects can be most of a corpus
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+            for i, reason in enumerate(batch.column("reason").to_pylist()):
+                if len(examples[reason]) < k:
+                    examples[reason].append(batch.slice(i, 1).to_pylist()[0])
     pct = lambda n: f"{100.0 * n / max(stats['input'], 1):.1f}%"  # noqa: E731
     lines = [
         "# prepare: data report",
@@ -632,6 +656,7 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
         },
         "decontamination_ngrams": decon_ngrams,
     }
+    del deduper, dups  # the index grows with the kept documents: free it before the read-back
     stats.update(_accounting(out, docs_dir))
     if stats["input"] != stats["kept"] + stats["rejected"]:
         raise RuntimeError(
