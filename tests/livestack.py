@@ -166,3 +166,18 @@ def task_states(api_url: str, run_id: Any) -> dict[str, list[str]]:
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def drain_prefect_workers(timeout: float = 30.0) -> None:
+    """Flush and stop this process's Prefect log and event workers.
+
+    Call it while a live server that in-process flows talked to is still up: the workers are
+    bound to that server's API, and the session's test harness drains every worker at exit —
+    a worker still holding items for a server that has gone retries until the suite times out.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
+

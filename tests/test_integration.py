@@ -29,6 +29,7 @@ from tests.livestack import (
     LlmflowServer,
     api,
     child_env,
+    drain_prefect_workers,
     free_port,
     missing_prerequisite,
     run_deployment,
@@ -292,6 +293,7 @@ def test_a_transient_io_error_is_retried_and_a_rerun_skips_cached_steps(stack, t
 
         with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
             state = flaky(return_state=True)
+            drain_prefect_workers()
         assert state.is_failed()
         run_id = state.state_details.flow_run_id
         states = task_states(stack.api_url, run_id)
@@ -308,6 +310,7 @@ def test_a_transient_io_error_is_retried_and_a_rerun_skips_cached_steps(stack, t
             final = run_flow(
                 flaky, flow_run=c.read_flow_run(run_id), parameters={"seed": 1}, return_type="state"
             )
+            drain_prefect_workers()
         assert final.is_completed(), final
         assert c.read_flow_run(run_id).run_count == 2
     states = task_states(stack.api_url, run_id)
