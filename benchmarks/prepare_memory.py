@@ -24,8 +24,9 @@ which every non-stop word goes, consistently, to the corpus word of the same len
 ranks away (copy k). Stop words, punctuation, case, lines and repetition statistics are kept;
 each copy is new text for exact and MinHash dedup.
 
-`--probe N` also measures the dedup index's bytes per kept document (LSH tables, signatures, ids,
-exact hashes) by inserting N distinct random signatures into a `Deduper` in a fresh process.
+`--probe N` also measures the dedup index's bytes per kept document (band table, signatures, ids,
+exact-hash keys) by inserting N distinct random signatures into a `Deduper` in a fresh process:
+the RSS slope, and the arrays' own size (`Deduper.nbytes`, allocated capacity included).
 """
 
 from __future__ import annotations
@@ -92,11 +93,12 @@ class Phases:
 def _deduper_sizes(args, out) -> dict:
     d = args[1]
     return {
-        "index_docs": len(d.kept_ids),
-        "exact_hashes": len(d.hashes),
-        "verify_cache_docs": len(d._cache),
-        "verify_cache_bytes": int(sum(a.nbytes for a in d._cache.values())),
-        "lsh_buckets": int(sum(len(t) for t in d.lsh.hashtables)),
+        "index_docs": len(d),
+        "index_bytes": d.nbytes,
+        "index_bytes_per_doc": round(d.nbytes / max(len(d), 1)),
+        "band_entries": len(d._lsh),
+        "shingle_rereads": d.shingle_rereads,
+        "verified_by_estimate": d.verified_by_estimate,
         "duplicates": len(out),
     }
 
@@ -175,7 +177,14 @@ def probe(n: int, result: str) -> None:
     slope = float(np.polyfit(xs, ys, 1)[0])
     Path(result).write_text(
         json.dumps(
-            {"docs": n, "bytes_per_doc": round(slope), "points": pts, "bands": d.bands, "rows": d.rows}
+            {
+                "docs": n,
+                "bytes_per_doc": round(slope),
+                "nbytes_per_doc": round(d.nbytes / n),
+                "points": pts,
+                "bands": d.bands,
+                "rows": d.rows,
+            }
         )
     )
 

@@ -24,7 +24,7 @@ then recomputes only the new source's shards; `prepare` takes them as inputs ``s
 and does phases 2 and 3.
 
 A sub-step that raises on one document rejects it as ``error:<step>`` and the run goes on. The
-dedup index (kept ids, exact hashes, signatures) is saved as `dedup/index.parquet`; pass a previous
+dedup index (kept ids, exact-hash keys, signatures) is saved as `dedup/index.parquet`; pass a previous
 prepare artifact as input ``previous`` to dedup new documents against everything it kept.
 Every input id ends in exactly one of train, validation or rejects (checked before publishing).
 """
@@ -61,10 +61,11 @@ from tasks.normalize import normalize
 from tasks.pii import redact
 from tasks.toxicity import ToxicityFilter
 
-VERSION = 2  # 2: takes per-shard artifacts (inputs shard-NNNNN) from the mapped prepare_shard
+VERSION = 3  # 2: per-shard inputs (shard-NNNNN); 3: numpy dedup index (format 2), shingles re-read
 SHARD_VERSION = 1
 DOC_SHARD_STEP = "doc_shard"  # content-addressed copies (hard links) of single ingest shards
 REJECT_TEXT_CHARS = 2000
+SHINGLE_CACHE_BYTES = 32 << 20  # shard `_shingles` columns kept in memory for dedup verification
 # Quality signals kept as columns on every kept document (q_<name>).
 SIGNALS = (
     "words", "mean_word_length", "symbol_word_ratio", "alpha_words_ratio", "stop_words",
@@ -264,11 +265,52 @@ def make_deduper(cfg: PrepareConfig) -> Deduper:
     )
 
 
+class ShardShingles:
+    """Verification shingles re-read from the shards' work files instead of held in memory.
+
+    `ref = shard << 32 | row` names a kept document's row in `paths[shard]` (column `_shingles`,
+    sorted unique uint32). The `_shingles` columns of the shards read last stay in memory, up to
+    `max_bytes` (least recently used out first), so memory is bounded by a constant, not by the
+    corpus; a candidate from an evicted shard costs one column read of that shard."""
+
+    def __init__(self, paths: list[Path], max_bytes: int | None = None):
+        self.paths, self.max_bytes = paths, SHINGLE_CACHE_BYTES if max_bytes is None else max_bytes
+        self._cols: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.reads = 0
+
+    def put(self, shard: int, col: pa.ChunkedArray | pa.Array) -> None:
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+        self._cols.pop(shard, None)
+        self._cols[shard] = (arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False), valid)
+        while (
+            len(self._cols) > 1
+            and sum(o.nbytes + v.nbytes for o, v, _ in self._cols.values()) > self.max_bytes
+        ):
+            self._cols.pop(next(iter(self._cols)))  # least recently used first
+
+    def __call__(self, ref: int) -> np.ndarray | None:
+        shard, row = ref >> 32, ref & 0xFFFFFFFF
+        if shard in self._cols:
+            self._cols[shard] = self._cols.pop(shard)
+        else:
+            self.reads += 1
+            self.put(shard, pq.read_table(self.paths[shard], columns=["_shingles"]).column("_shingles"))
+        offsets, values, valid = self._cols[shard]
+        return None if valid is not None and not valid[row] else values[offsets[row] : offsets[row + 1]]
+
+
 def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[str, str, float]]:
-    """Phase 2: stream hashes and signatures through one index, first occurrence kept."""
+    """Phase 2: stream hashes and signatures through one index, first occurrence kept.
+
+    Kept documents' shingles for true-Jaccard verification are re-read from `kept_paths`
+    (`ShardShingles`), so the index holds ~650 bytes per kept document, not the shingle sets."""
     dups: dict[str, tuple[str, str, float]] = {}
-    for path in kept_paths:
-        t = pq.read_table(path, columns=["id", "_exact", "_sig", "_shingles"])
+    store = ShardShingles(kept_paths) if deduper.verify else None
+    deduper.shingles_of = store
+    for shard, path in enumerate(kept_paths):
+        cols = ["id", "_exact", "_sig"] + (["_shingles"] if store is not None else [])
+        t = pq.read_table(path, columns=cols)
         ids, hashes = t.column("id").to_pylist(), t.column("_exact").to_pylist()
         sigs = t.column("_sig")
         sig_arr = (
@@ -276,12 +318,17 @@ def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[st
             if deduper.near and len(ids) and sigs.null_count == 0
             else None
         )
-        sh = t.column("_shingles").to_pylist() if deduper.verify else None
+        if store is not None and len(ids):
+            store.put(shard, t.column("_shingles"))
         for i, doc_id in enumerate(ids):
-            s = None if sh is None or sh[i] is None else np.asarray(sh[i], dtype=np.uint32)
-            m = deduper.check(doc_id, hashes[i] or "", None if sig_arr is None else sig_arr[i], s)
+            s = store(shard << 32 | i) if store is not None else None
+            m = deduper.check(
+                doc_id, hashes[i] or "", None if sig_arr is None else sig_arr[i], s, shard << 32 | i
+            )
             if m is not None:
                 dups[doc_id] = (m.duplicate_of, m.kind, m.similarity)
+    deduper.forget_shingles()  # the work files go away after the step
+    deduper.shingle_rereads += store.reads if store is not None else 0
     return dups
 
 
@@ -652,7 +699,9 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
             "exact": sum(1 for v in dups.values() if v[1] == "exact"),
             "near": sum(1 for v in dups.values() if v[1] == "near"),
             "previous_index_docs": previous,
-            "index_docs": len(deduper.kept_ids),
+            "index_docs": len(deduper),
+            "index_bytes": deduper.nbytes,
+            "shingle_rereads": deduper.shingle_rereads,
         },
         "decontamination_ngrams": decon_ngrams,
     }

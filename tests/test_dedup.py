@@ -7,10 +7,21 @@ import random
 
 import numpy as np
 import pytest
-from datasketch import MinHash
+from datasketch import MinHash, MinHashLSH
 
 from tasks.decontaminate import Decontaminator
-from tasks.dedup import Deduper, Signer, exact_hash, jaccard, ngram_hashes, shingles, token_hashes, tokens
+from tasks.dedup import (
+    Deduper,
+    MultiIndex,
+    Signer,
+    exact_hash,
+    jaccard,
+    lsh_params,
+    ngram_hashes,
+    shingles,
+    token_hashes,
+    tokens,
+)
 
 VOCAB = [f"w{i}" for i in range(500)]
 
@@ -111,3 +122,82 @@ def test_decontamination_ngrams():
     assert dec("nothing in common with the evaluation data at all, none whatsoever here")[0]
     assert not dec("intro: an eight word response copied straight from the test, end")[0]  # short item, whole
     assert dec("a short item here")[0]  # items under min_words are not indexed
+
+
+def test_band_index_candidates_equal_datasketch_minhashlsh():
+    """Same signatures, same (bands, rows): our numpy band table and datasketch's MinHashLSH
+    return the same candidate set for every query, through several tail merges."""
+    d = Deduper(num_perm=112, threshold=0.8)  # candidates at 0.6: datasketch's choice, 16 x 7
+    assert (d.bands, d.rows) == lsh_params(0.6, 112)
+    ref = MinHashLSH(num_perm=112, params=(d.bands, d.rows))
+    rng = np.random.default_rng(0)
+    bases = rng.integers(0, 2**32, (150, 112), dtype=np.uint32)
+    sigs = []
+    for i in range(900):  # a third fresh, the rest variants of a base with 5-60% of values changed
+        s = bases[i % 150].copy() if i >= 150 and i % 3 else rng.integers(0, 2**32, 112, dtype=np.uint32)
+        if i >= 150 and i % 3:
+            k = rng.choice(112, int(112 * rng.uniform(0.05, 0.6)), replace=False)
+            s[k] = rng.integers(0, 2**32, len(k), dtype=np.uint32)
+        sigs.append(s)
+    pairs = 0
+    for i, s in enumerate(sigs):
+        mh = d.signer.minhash(s)
+        ours = {d.id(int(c)) for c in d.candidates(s)}
+        assert ours == set(ref.query(mh)), i
+        pairs += len(ours)
+        d.add(f"d{i}", f"d{i}", s, None)
+        ref.insert(f"d{i}", mh)
+    assert pairs > 150 and len(d) == 900  # the sample does exercise collisions
+
+
+def test_multi_index_keeps_insertion_order_across_merges():
+    m = MultiIndex(tail=4)
+    for v, k in enumerate([5, 3, 5, 9, 5, 3, 7]):
+        m.add(np.array([k], np.uint64), v)
+    assert m.get(np.array([5], np.uint64)).tolist() == [0, 2, 4]
+    assert sorted(m.get(np.array([3, 7, 1], np.uint64)).tolist()) == [1, 5, 6]
+    assert len(m) == 7
+
+
+def test_dedup_shards_rereads_shingles_from_shard_files(tmp_path, monkeypatch):
+    """prepare's phase 2 verifies against shingles re-read from the shard files and gives the same
+    answers as an in-memory index; the saved index (format 2) reloads with ids and exact keys."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import tasks.prepare
+    from tasks.prepare import dedup_shards
+
+    monkeypatch.setattr(tasks.prepare, "SHINGLE_CACHE_BYTES", 1)  # keep one shard: force re-reads
+
+    texts = {f"s{s}-{i}": doc(1000 + s * 10 + i) for s in range(5) for i in range(4)}
+    texts["s4-3"] = edit(texts["s0-1"], 3)  # near duplicate four shards back (out of the cache)
+    texts["s1-3"] = texts["s0-2"].upper()  # exact
+    mem, paths = Deduper(num_perm=112), []
+    want = {}
+    for s in range(5):
+        rows = [(k, t) for k, t in texts.items() if k.startswith(f"s{s}-")]
+        sh = [shingles(t, 5) for _, t in rows]
+        sig = [mem.signer(x) for x in sh]
+        for (k, t), x, g in zip(rows, sh, sig, strict=True):
+            m = mem.check(k, exact_hash(t), g, x)
+            if m:
+                want[k] = (m.duplicate_of, m.kind, m.similarity)
+        paths.append(tmp_path / f"kept-{s}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "id": [k for k, _ in rows],
+                    "_exact": [exact_hash(t) for _, t in rows],
+                    "_sig": pa.array([g.tolist() for g in sig], pa.list_(pa.uint32(), 112)),
+                    "_shingles": pa.array([x.tolist() for x in sh], pa.list_(pa.uint32())),
+                }
+            ),
+            paths[-1],
+        )
+    d = Deduper(num_perm=112, cache_docs=0)  # nothing in memory: every shingle set is re-read
+    got = dedup_shards(paths, d)
+    assert got == want and set(got) == {"s4-3", "s1-3"} and got["s4-3"][0] == "s0-1"
+    assert d.shingle_rereads >= 1 and d.verified_by_estimate == 0
+    d.save(tmp_path / "index.parquet")
+    e = Deduper(num_perm=112)
+    assert e.load(tmp_path / "index.parquet") == 18 and e.kept_ids == d.kept_ids
+    assert e.check("again", exact_hash(texts["s0-2"]), None, None).duplicate_of == "s0-2"
