@@ -170,60 +170,32 @@ def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool,
 # --------------------------------------------------------------------------- pipeline verbs
 
 
-@app.command()
-def run(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate."""
-    _run_flow("gate", config, set, force, home)
+# verb -> (the step the flow stops after, help)
+PIPELINE_VERBS = {
+    "run": (
+        "gate",
+        "Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate.",
+    ),
+    "data": ("prepare", "Ingest every source and prepare the data (filters, dedup, PII, split)."),
+    "tokenizer": ("tokenizer", "Train the SentencePiece tokenizer on the prepared data."),
+    "pretrain": ("pretrain", "Pack token shards and pretrain the base model."),
+    "finetune": ("finetune", "Fine-tune the base model (LoRA, prompt tuning or full)."),
+    "evaluate": ("evaluate", "Evaluate the fine-tuned model: ROUGE, BLEU, F1, bits per byte, bias."),
+    "gate": ("gate", "Evaluate and gate: promote the model only when it beats the champion."),
+}
 
 
-@app.command()
-def data(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Ingest every source and prepare the data (filters, dedup, PII, split)."""
-    _run_flow("prepare", config, set, force, home)
+def _pipeline_verb(until: str):
+    def verb(
+        config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
+    ) -> None:
+        _run_flow(until, config, set, force, home)
+
+    return verb
 
 
-@app.command()
-def tokenizer(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Train the SentencePiece tokenizer on the prepared data."""
-    _run_flow("tokenizer", config, set, force, home)
-
-
-@app.command()
-def pretrain(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Pack token shards and pretrain the base model."""
-    _run_flow("pretrain", config, set, force, home)
-
-
-@app.command()
-def finetune(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Fine-tune the base model (LoRA, prompt tuning or full)."""
-    _run_flow("finetune", config, set, force, home)
-
-
-@app.command()
-def evaluate(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Evaluate the fine-tuned model: ROUGE, BLEU, F1, bits per byte, bias."""
-    _run_flow("evaluate", config, set, force, home)
-
-
-@app.command()
-def gate(
-    config: PresetOpt = "demo", set: SetOpt = None, force: ForceOpt = False, home: HomeOpt = None
-) -> None:
-    """Evaluate and gate: promote the model only when it beats the champion."""
-    _run_flow("gate", config, set, force, home)
+for _verb, (_until, _help) in PIPELINE_VERBS.items():
+    app.command(name=_verb, help=_help)(_pipeline_verb(_until))
 
 
 @app.command("config")

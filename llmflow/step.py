@@ -10,6 +10,7 @@ the cache policy, retries and UI artifacts on top; tests call `run_step` directl
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ class StepContext:
     logger: logging.Logger = field(default_factory=lambda: log)
     on_progress: ProgressFn | None = None
     on_publish: PublishFn | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space that outlives a failed try (training checkpoints), keyed like the artifact
+        but never published: a retried task resumes from it; the step removes it on success."""
+        if self.store.is_local:
+            return Path(self.store.path("work", self.step, self.key))
+        return Path(tempfile.gettempdir()) / "llmflow-work" / self.step / self.key
 
     def input_path(self, name: str) -> Path:
         return self.store.local_path(self.inputs[name])

@@ -18,7 +18,6 @@ import csv
 import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,6 @@ def code_version() -> dict[str, Any]:
     return out
 
 
-def work_dir(ctx: StepContext) -> Path:
-    """Where this step's checkpoints live between tries: keyed like the artifact, not staged."""
-    if ctx.store.is_local:
-        return Path(ctx.store.path("work", "finetune", ctx.key))
-    return Path(tempfile.gettempdir()) / "llmflow-work" / "finetune" / ctx.key
-
-
 def finetune_step(ctx: StepContext) -> dict[str, Any]:
     """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full); resumes from the
     step's own checkpoints."""
@@ -69,7 +61,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         "finetune %s on %d train / %d validation rows", cfg.method, len(train_rows), len(val_rows)
     )
 
-    ckpts = work_dir(ctx) / "checkpoints"
+    ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     result, tokenizer, data = ft.finetune(
         base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
@@ -95,7 +87,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         "base_fingerprint": stats["base_fingerprint"],
     }
     (ctx.out / "lineage.json").write_text(json.dumps(lineage, indent=2))
-    shutil.rmtree(work_dir(ctx), ignore_errors=True)  # the artifact is complete: checkpoints go
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)  # the artifact is complete: checkpoints go
 
     ctx.table(
         [{"metric": k, "value": v} for k, v in stats.items() if not isinstance(v, dict)],

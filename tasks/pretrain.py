@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -120,19 +119,13 @@ def samples(model_dir: Path, n_tokens: int = 40) -> list[dict[str, str]]:
     ]
 
 
-def work_dir(ctx: StepContext) -> Path:
-    if ctx.store.is_local:
-        return Path(ctx.store.path("work", "pretrain", ctx.key))
-    return Path(tempfile.gettempdir()) / "llmflow-work" / "pretrain" / ctx.key
-
-
 def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     """Pretrain the base model on packed token shards; resumes from the step's own checkpoints."""
     from model.train import train
 
     cfg: PretrainConfig = ctx.config
     shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
-    ckpts = work_dir(ctx) / "checkpoints"
+    ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
         "config": cfg.model_dump(mode="json"),
@@ -152,7 +145,7 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     # the final checkpoint travels with the artifact; the work directory is then released
     last = sorted(ckpts.glob("step-*"))[-1]
     shutil.copytree(last, ctx.out / "checkpoints" / last.name)
-    shutil.rmtree(work_dir(ctx), ignore_errors=True)
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
 
     plot_loss(ctx.out / "loss.csv", ctx.out / "loss.png", f"{cfg.arch}/{cfg.preset}: pretraining loss")
     ctx.image(ctx.out / "loss.png", "loss-curve", "Pretraining loss and validation bits per byte")

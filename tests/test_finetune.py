@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -443,7 +444,7 @@ def test_finetune_step_through_run_step(dirs, tmp_path):
 
 def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
     """A task killed after a checkpoint and run again with the same key continues from it."""
-    from tasks.finetune import VERSION, finetune_step, work_dir
+    from tasks.finetune import VERSION, finetune_step
 
     store = ArtifactStore(tmp_path / "home")
     _fake_artifact(store, "pretrain", "b" * 64, lambda out: shutil.copytree(dirs["base"], out / "model"))
@@ -466,6 +467,4 @@ def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
     out = store.local_path(ref)
     steps = [int(r["step"]) for r in csv.DictReader((out / "loss.csv").read_text().splitlines())]
     assert steps == list(range(1, 11))  # the loss curve spans both tries
-    from types import SimpleNamespace
-
-    assert not work_dir(SimpleNamespace(store=store, key=ref.key)).exists()
+    assert not Path(store.path("work", "finetune", ref.key)).exists()
