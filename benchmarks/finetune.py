@@ -58,8 +58,10 @@ def main() -> None:
     print(f"test examples        {out['n']}")
     print(f"ROUGE-L base         {out['rougeL_base']:.4f}")
     print(f"ROUGE-L fine-tuned   {out['rougeL_finetuned']:.4f}  (gain {out['gain']:+.4f})")
-    print(f"method               {out['method']}, trainable {out['trainable_fraction']:.2%} "
-          f"({out['trainable_params']:,} params), {out['finetune_steps']} steps in {out['finetune_seconds']:.0f}s")
+    print(
+        f"method               {out['method']}, trainable {out['trainable_fraction']:.2%} "
+        f"({out['trainable_params']:,} params), {out['finetune_steps']} steps in {out['finetune_seconds']:.0f}s"
+    )
     print(f"wrote {dest}")
 
 

@@ -163,8 +163,21 @@ class ToxicityConfig(Section):
     max_score: float = Field(default=0.02, ge=0, le=1, description="Share of words on the block list.")
     ignore: list[str] = Field(
         default_factory=lambda: [
-            "kill", "strip", "screw", "hell", "god", "xxx", "sex", "virgin", "crap", "suck", "len",
-            "meth", "slope", "pot", "ugly",
+            "kill",
+            "strip",
+            "screw",
+            "hell",
+            "god",
+            "xxx",
+            "sex",
+            "virgin",
+            "crap",
+            "suck",
+            "len",
+            "meth",
+            "slope",
+            "pot",
+            "ugly",
         ],  # fmt: skip
         description="Dual-use words not counted (common in technical text: `kill -9`, `str.strip`, `len()`).",
     )
@@ -275,7 +288,9 @@ class PretrainConfig(Section):
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=20, ge=0)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="wsd: share of the run spent decaying.")
+    decay_fraction: float = Field(
+        default=0.2, gt=0, le=1, description="wsd: share of the run spent decaying."
+    )
     optimizer: Literal["adamw", "muon"] = "adamw"
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, ge=0)
@@ -380,7 +395,9 @@ class ChangeThreshold(Section):
 
     metric: str
     direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
-    absolute: float | None = Field(default=None, description="Bound on diff (TFX GenericChangeThreshold.absolute).")
+    absolute: float | None = Field(
+        default=None, description="Bound on diff (TFX GenericChangeThreshold.absolute)."
+    )
     relative: float | None = Field(default=None, description="Bound on diff / champion (TFX .relative).")
 
     @model_validator(mode="after")
@@ -404,7 +421,9 @@ class GateConfig(Section):
         description="Per-sample metrics are judged by a paired bootstrap 95% CI of the diff. False: fail "
         "only when the whole CI is beyond the bound (worse beyond noise); True: the whole CI must clear it.",
     )
-    bootstrap: int = Field(default=1000, ge=0, description="Paired bootstrap resamples (0 = point estimates).")
+    bootstrap: int = Field(
+        default=1000, ge=0, description="Paired bootstrap resamples (0 = point estimates)."
+    )
     promote: bool = Field(default=True, description="Promote to champion when the gate passes.")
     seed: int = 1234
 
@@ -449,7 +468,9 @@ class ServeConfig(Section):
         default=6 * 3600.0, gt=0, description="A retrain pending longer than this is considered abandoned."
     )
     reload_interval_seconds: float = Field(
-        default=10.0, ge=0, description="How often to ask the registry for a new champion (0 = every request)."
+        default=10.0,
+        ge=0,
+        description="How often to ask the registry for a new champion (0 = every request).",
     )
 
 

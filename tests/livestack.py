@@ -180,4 +180,3 @@ def drain_prefect_workers(timeout: float = 30.0) -> None:
 
     APILogWorker.drain_all(timeout=timeout)
     EventsWorker.drain_all(timeout=timeout)
-

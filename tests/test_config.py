@@ -14,7 +14,9 @@ def test_every_preset_validates(preset):
 
 
 def test_overrides_are_typed():
-    cfg = load_config("smoke", ["pretrain.max_steps=7", "tokenizer.model_type=unigram", "prepare.quality.enabled=false"])
+    cfg = load_config(
+        "smoke", ["pretrain.max_steps=7", "tokenizer.model_type=unigram", "prepare.quality.enabled=false"]
+    )
     assert cfg.pretrain.max_steps == 7
     assert cfg.tokenizer.model_type == "unigram"
     assert cfg.prepare.quality.enabled is False

@@ -43,7 +43,9 @@ def test_smoke_pipeline_runs_then_is_fully_cached(tmp_path):
     t1 = time.time()
     second = pipeline(config=cfg, home=home)
     second_seconds = time.time() - t1
-    assert all(ref["status"] == "cached" for ref in second.values()), {k: v["status"] for k, v in second.items()}
+    assert all(ref["status"] == "cached" for ref in second.values()), {
+        k: v["status"] for k, v in second.items()
+    }
     assert {k: v["key"] for k, v in second.items()} == {k: v["key"] for k, v in first.items()}
     assert second_seconds < first_seconds
 
