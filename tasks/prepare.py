@@ -32,6 +32,7 @@ Every input id ends in exactly one of train, validation or rejects (checked befo
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -668,6 +669,20 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
     dups = dedup_shards([k for k, _ in parts], deduper)
     (out / "dedup").mkdir()
     deduper.save(out / "dedup" / "index.parquet")
+    minhash_stats = {
+        "bands": deduper.bands,
+        "rows": deduper.rows,
+        "num_perm": deduper.num_perm,
+        "threshold": deduper.threshold,
+        "verified_by_estimate": deduper.verified_by_estimate,
+    }
+    index_stats = {
+        "index_docs": len(deduper),
+        "index_bytes": deduper.nbytes,
+        "shingle_rereads": deduper.shingle_rereads,
+    }
+    del deduper  # the index is saved: free it before the shards are written (peak RSS)
+    gc.collect()
     totals: Counter[str] = Counter()
     for s in shards:
         totals.update(finalize_shard(*parts[s], s, out, dups, cfg.validation_fraction))
@@ -688,24 +703,16 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
         "validation_bytes": totals["validation_bytes"],
         "shards": len(shards),
         "pii": {t: pii.get(t, 0) for t in cfg.pii.types} if cfg.pii.enabled else {},
-        "minhash": {
-            "bands": deduper.bands,
-            "rows": deduper.rows,
-            "num_perm": deduper.num_perm,
-            "threshold": deduper.threshold,
-            "verified_by_estimate": deduper.verified_by_estimate,
-        },
+        "minhash": minhash_stats,
         "dedup": {
             "exact": sum(1 for v in dups.values() if v[1] == "exact"),
             "near": sum(1 for v in dups.values() if v[1] == "near"),
             "previous_index_docs": previous,
-            "index_docs": len(deduper),
-            "index_bytes": deduper.nbytes,
-            "shingle_rereads": deduper.shingle_rereads,
+            **index_stats,
         },
         "decontamination_ngrams": decon_ngrams,
     }
-    del deduper, dups  # the index grows with the kept documents: free it before the read-back
+    del dups  # free the duplicate map before the read-back
     stats.update(_accounting(out, docs_dir))
     if stats["input"] != stats["kept"] + stats["rejected"]:
         raise RuntimeError(
