@@ -49,7 +49,7 @@ class StoreKeyPolicy(CachePolicy):
         )
         if not store.exists(self.step, key):
             return None
-        return f"llmflow-{self.step}-{key}"
+        return _cache_key(self.step, key)
 
 
 def _artifact_key(*parts: str) -> str:
@@ -108,6 +108,27 @@ def emit_step_events(events: list[tuple[str, str, dict[str, Any]]]) -> None:
         emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
 
 
+def _cache_key(step: str, key: str) -> str:
+    return f"llmflow-{step}-{key}"
+
+
+def _remember(task_obj: Any, ref: StepRef) -> None:
+    """Record a freshly built artifact under its cache key, so the next run is a Prefect cache hit.
+
+    The policy offers no key while the artifact is missing (a deleted artifact must not be served
+    from a stale record), so Prefect itself never writes the record for a run that built one.
+    """
+    try:
+        from prefect.results import get_result_store
+
+        store = get_result_store().update_for_task(task_obj, _sync=True)
+        store.write(
+            ref.model_copy(update={"status": "cached", "seconds": 0.0}), key=_cache_key(ref.step, ref.key)
+        )
+    except Exception as e:  # the store already has the artifact; the record only saves a task run
+        get_run_logger().debug("could not record the cache entry for %s: %s", ref.step, e)
+
+
 def step_task(
     name: str,
     version: int | str,
@@ -154,6 +175,8 @@ def step_task(
             logger=reporter.logger,
         )
         reporter.logger.info("%s %s: %s", name, ref.status, ref.uri)
+        if ref.status == "ran":
+            _remember(_run, ref)
         if events is not None and ref.status == "ran":
             emit_step_events(events(ref))
         return ref

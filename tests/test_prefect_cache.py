@@ -58,3 +58,23 @@ def test_cached_rebuilt_and_forced(tmp_path):
 
     changed = one_step(TokenizerConfig(vocab_size=101), home)["count_words"]
     assert changed["status"] == "ran" and changed["key"] != first["key"]
+
+
+@flow
+def one_step_state(config: TokenizerConfig, home: str) -> str:
+    return count_words(config, {}, home=home, return_state=True).name
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_second_run_is_a_prefect_cache_hit_on_the_store_key(tmp_path):
+    """The run that builds an artifact records it under the store key: the next run is Cached."""
+    home = str(tmp_path / "home")
+    cfg = TokenizerConfig(vocab_size=77)
+    CALLS.clear()
+    assert one_step_state(cfg, home) == "Completed"
+    assert one_step_state(cfg, home) == "Cached"
+    assert len(CALLS) == 1
+    ArtifactStore(home).delete("count_words", CALLS[0])
+    assert one_step_state(cfg, home) == "Completed"  # files gone: rebuilt, not served from the record
+    assert len(CALLS) == 2
+    assert one_step_state(cfg, home) == "Cached"
