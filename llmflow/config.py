@@ -197,7 +197,10 @@ class MinHashConfig(Section):
         "verifying (recall), else threshold.",
     )
     verify_cache_docs: int = Field(
-        default=50_000, ge=0, description="Kept docs whose shingles stay in memory for verification."
+        default=50_000,
+        ge=0,
+        description="Deduper used on its own: kept docs whose shingles it holds in memory for "
+        "verification. The prepare step re-reads shingles from its shard files instead.",
     )
     seed: int = 1
 
