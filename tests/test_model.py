@@ -254,3 +254,25 @@ def test_max_seconds_stops_on_the_wall_clock(tmp_path, shards):
     m = train(cfg, shards, tmp_path / "t", log=lambda m: None)
     assert m["mixed_precision"] == "bf16"  # CPU autocast in bf16; gradient checkpointing on
     assert 0 < m["steps"] < 100_000 and m["seconds"] < 10
+
+
+def test_torch_compile_option_trains_and_saves_a_loadable_model(tmp_path, shards):
+    """`compile: true` wraps the model in torch.compile; the saved checkpoint is the plain model."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_cfg(max_steps=6, eval_every=6, checkpoint_every=100, compile=True)
+    m = train(cfg, shards, tmp_path / "out", log=lambda m: None)
+    assert m["steps"] == 6 and math.isfinite(m["val_loss"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_precision_choice_on_cpu():
+    """fp16 autocast is GPU-only: on CPU it falls back to fp32; bf16 autocast runs on CPU."""
+    from model.train import resolve_precision
+
+    assert resolve_precision("fp16") == "no"
+    assert resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto") == "no"
+    assert resolve_precision("no") == "no"
