@@ -35,3 +35,22 @@ def store(tmp_path):
     from llmflow.store import ArtifactStore
 
     return ArtifactStore(tmp_path / "home")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one torch thread on a shared, busy CPU (no oversubscription)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory):
+    """A small real tokenizer directory (tests/helpers.py), built once per session."""
+    from tests.helpers import tiny_tokenizer_dir
+
+    return tiny_tokenizer_dir(tmp_path_factory.mktemp("tok") / "tok")

@@ -8,21 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks import bias
 from tasks.bias_templates import CATEGORIES, pairs
-from tests.helpers import tiny_model_dir, tiny_tokenizer_dir
+from tests.helpers import tiny_model_dir
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared, busy CPU (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return tiny_tokenizer_dir(tmp_path_factory.mktemp("bias") / "tok")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(path, tok_dir, seed=0):

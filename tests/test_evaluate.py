@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from llmflow.config import EvaluateConfig, GateConfig, Threshold
@@ -16,7 +15,7 @@ from llmflow.registry import Registry
 from llmflow.step import run_step
 from tasks import evaluate as E
 from tasks import gate as G
-from tests.helpers import corpus, task_rows, tiny_model_dir, tiny_tokenizer_dir
+from tests.helpers import corpus, task_rows, tiny_model_dir
 
 CFG = EvaluateConfig(
     max_samples=20,
@@ -29,17 +28,7 @@ CFG = EvaluateConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return tiny_tokenizer_dir(tmp_path_factory.mktemp("tok") / "tok")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _artifact(store, step, key, fill=None, stats=None):
