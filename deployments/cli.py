@@ -93,6 +93,12 @@ def _key_output(step: str, stats: dict[str, Any]) -> str:
         parts = [
             f"{k} {m[k]:.3f}" for k in ("rougeL", "bleu", "val_bpb") if isinstance(m.get(k), int | float)
         ]
+        refs = {b: v.get("rougeL", 0.0) for b, v in (stats.get("baselines") or {}).items()}
+        if "base" in refs:
+            parts.append(f"before fine-tuning rougeL {refs.pop('base'):.3f}")
+        if refs:
+            best = max(refs, key=refs.__getitem__)
+            parts.append(f"best baseline {best} {refs[best]:.3f}")
         return ", ".join(parts) or "?"
     if step == "gate":
         verdict = "passed" if stats.get("passed") else "failed"
@@ -120,7 +126,7 @@ def _print_data_summary(stats: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _print_summary(summary: dict[str, Any], seconds: float, home: str) -> None:
+def _print_summary(summary: dict[str, Any], seconds: float, home: str, next_steps: bool = True) -> None:
     if "prepare" in summary and summary["prepare"]["status"] == "ran":
         _print_data_summary(summary["prepare"].get("stats", {}))
     table = Table(title="llmflow run", show_lines=False)
@@ -136,6 +142,8 @@ def _print_summary(summary: dict[str, Any], seconds: float, home: str) -> None:
     last = list(summary)[-1] if summary else None
     if last:
         console.print(f"Last step output: {summary[last]['uri']}")
+    if not next_steps:
+        return
     console.print(
         "Next: [bold]llmflow generate --model champion --prompt '...'[/] to sample, "
         "[bold]llmflow models list[/] for the registry, [bold]llmflow server[/] for the Prefect UI."
@@ -157,14 +165,34 @@ def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool,
     def _cli_flow(config: PipelineConfig, force: bool = False, home: str | None = None) -> dict[str, Any]:
         return compose(config, until, force, home)
 
+    from tasks.gate import GateFailed
+
     t0 = time.time()
     with RichProgressSink(console) as sink:
         set_progress_sink(sink)
         try:
             summary = _cli_flow(config=cfg, force=force, home=home)
+        except GateFailed as e:
+            _print_summary(e.summary, time.time() - t0, home, next_steps=False)
+            _gate_failed(e, home)
         finally:
             set_progress_sink(None)
     _print_summary(summary, time.time() - t0, home)
+
+
+GATE_FAILED_EXIT = 3
+
+
+def _gate_failed(e: Any, home: str) -> None:
+    """A failed gate: its reasons, where the decision is, and exit code 3 (the run failed)."""
+    err_console.print(f"[bold red]gate failed:[/] {e.name} v{e.version} was not promoted", highlight=False)
+    for reason in e.reasons:
+        err_console.print(f"  - {reason}", highlight=False, soft_wrap=True)
+    gate_ref = e.summary.get("gate") or {}
+    if gate_ref.get("uri"):
+        err_console.print(f"Decision: {gate_ref['uri']}/decision.json", highlight=False, soft_wrap=True)
+    err_console.print("The champion is unchanged. See the README's gate section.", highlight=False)
+    raise typer.Exit(GATE_FAILED_EXIT)
 
 
 # --------------------------------------------------------------------------- pipeline verbs

@@ -2,7 +2,8 @@
 
 sources -> ingest -> prepare -> tokenizer -> pack -> pretrain -> finetune -> evaluate -> gate
 
-Each step is a cached Prefect task (tasks/); this module only wires their inputs. `compose`
+Each step is a cached Prefect task (tasks/); this module only wires their inputs. A failed gate
+raises `GateFailed` after every artifact is written, so the flow run ends Failed. `compose`
 stops after the step named by `until`, which is how the per-step flows (data, pretrain, ...)
 reuse the same wiring: the steps upstream of the target are cache hits when unchanged.
 """
@@ -20,7 +21,7 @@ from llmflow.registry import Registry
 from llmflow.store import ArtifactStore, StepRef
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
-from tasks.gate import gate
+from tasks.gate import gate, raise_if_failed
 from tasks.ingest import fingerprint as sources_fingerprint
 from tasks.ingest import ingest
 from tasks.pack import pack
@@ -55,13 +56,14 @@ def compose(
         task=task,
         extra={"name": config.name},
     )
-    run(
+    decision = run(
         gate,
         config.gate,
         eval=report,
         model=tuned,
         extra={"name": config.name, "champion": _challenged_champion(config.name, tuned, home)},
     )
+    raise_if_failed(decision, run.summary())  # a failed gate fails the run, artifacts kept
     return run.summary()
 
 

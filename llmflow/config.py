@@ -366,6 +366,11 @@ class EvaluateConfig(Section):
     bpb_batches: int = Field(default=16, ge=1, description="Validation batches for bits per byte.")
     bpb_seq_len: int = Field(default=256, ge=8, description="Window for bits per byte (capped by the model).")
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs (0 = none).")
+    baselines: bool = Field(
+        default=True,
+        description="Also score the model before fine-tuning and the task's trivial baselines on the "
+        "same items, and the unigram language model's bits per byte (the gate's reference points).",
+    )
     bias: bool = Field(default=True, description="Run the bias and fairness suite.")
     counterfactual_samples: int = Field(
         default=32, ge=0, description="Test prompts re-asked with swapped names/pronouns/groups (0 = off)."
@@ -389,7 +394,8 @@ class Threshold(Section):
 
 
 class ChangeThreshold(Section):
-    """TFX model-validation semantics: diff = challenger - champion; relative = diff / champion.
+    """A bound on the change from the champion, with TFX model-validation semantics on the measured
+    values: diff = challenger - champion; relative = diff / champion.
 
     higher_is_better passes when diff >= absolute and relative >= relative; lower_is_better when
     diff <= absolute and relative <= relative. So a negative `absolute` on a higher-is-better
@@ -410,25 +416,71 @@ class ChangeThreshold(Section):
         return self
 
 
+class NonInferiority(Section):
+    """Non-inferiority to the champion by a one-sided paired bootstrap on per-sample scores (paired
+    by item id): passes when, at `confidence`, the challenger is at most `margin` worse."""
+
+    metric: str = Field(default="rougeL", description="A per-sample metric (ROUGE, exact_match, f1).")
+    margin: float = Field(ge=0, description="The largest drop tolerated (0 = must be at least as good).")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
 class GateConfig(Section):
-    """The promotion gate (see tasks/gate.py). The first model is judged on value thresholds alone."""
+    """The promotion gate (see tasks/gate.py and the README's gate section).
+
+    A candidate must beat the reference points that need no tuning on the same held-out items
+    (the model before fine-tuning, the task's trivial baselines, the unigram language model),
+    pass the value thresholds, and, when there is a champion, the change thresholds and
+    non-inferiority tests against it.
+    """
 
     value_thresholds: list[Threshold] = Field(
-        default_factory=lambda: [Threshold(metric="rougeL", min=0.0), Threshold(metric="val_bpb", max=8.0)]
+        default_factory=list, description="Bounds on the candidate's own metrics (min and/or max)."
     )
     change_thresholds: list[ChangeThreshold] = Field(
-        default_factory=lambda: [ChangeThreshold(metric="rougeL", absolute=-0.01)]
+        default_factory=lambda: [ChangeThreshold(metric="rougeL", absolute=-0.01)],
+        description="Bounds on diff = challenger - champion (TFX semantics, measured values).",
     )
-    strict_noninferiority: bool = Field(
-        default=False,
-        description="Per-sample metrics are judged by a paired bootstrap 95% CI of the diff. False: fail "
-        "only when the whole CI is beyond the bound (worse beyond noise); True: the whole CI must clear it.",
+    noninferiority: list[NonInferiority] = Field(
+        default_factory=list, description="Paired-bootstrap non-inferiority tests against the champion."
     )
-    bootstrap: int = Field(
-        default=1000, ge=0, description="Paired bootstrap resamples (0 = point estimates)."
+    task_metric: str = Field(
+        default="rougeL", description="The per-sample metric on which the reference points must be beaten."
     )
+    beat_base: bool = Field(
+        default=True, description="Fine-tuning must help: beat the model before fine-tuning."
+    )
+    beat_baselines: list[str] | None = Field(
+        default=None,
+        description="Trivial baselines to beat (constant, first_sentence, name_words); None = every "
+        "baseline the task has, [] = none.",
+    )
+    beat_unigram_bpb: bool = Field(
+        default=True, description="val_bpb must be below the unigram model's (context was learned)."
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="One-sided confidence of the paired bootstrap tests."
+    )
+    min_gain: float = Field(
+        default=0.0,
+        ge=0,
+        description="The lower confidence bound of the gain over each reference point must exceed this.",
+    )
+    bootstrap: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     promote: bool = Field(default=True, description="Promote to champion when the gate passes.")
     seed: int = 1234
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> GateConfig:
+        first_model_checks = (
+            self.value_thresholds or self.beat_base or self.beat_baselines != [] or self.beat_unigram_bpb
+        )
+        if not first_model_checks:
+            raise ValueError(
+                "the gate has nothing to check for a first model: set value_thresholds or a reference "
+                "point (beat_base, beat_baselines, beat_unigram_bpb)"
+            )
+        return self
 
 
 class ServeConfig(Section):

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,4 +75,38 @@ def evaluate_bpb(
         "bpb": bits_per_byte(loss, n_tok, n_bytes),
         "ppl": math.exp(min(loss, 50.0)),
         "tokens": int(total[1]),
+    }
+
+
+def baseline_bpb(
+    shards_dir: str | Path,
+    vocab_size: int,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_batches: int | None = 16,
+) -> dict[str, float]:
+    """Bits per byte of two models that need no training, on the windows `evaluate_bpb` scores.
+
+    `uniform`: every id of the vocabulary equally likely. `unigram`: each token's frequency in
+    the train split (add-one smoothing), ignoring all context. A language model that does not
+    beat the unigram model has learned nothing about context.
+    """
+    meta = read_meta(shards_dir)
+    val = open_split(shards_dir, "validation", meta)
+    check_split(val, "validation", seq_len, vocab_size)
+    train = open_split(shards_dir, "train", meta)
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for i in range(0, len(train), 1 << 24):  # bounded memory on a large split
+        chunk = np.asarray(train[i : i + (1 << 24)], dtype=np.int64)
+        counts += np.bincount(chunk[chunk < vocab_size], minlength=vocab_size)
+    logp = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+    nats, n = 0.0, 0
+    for _, y in eval_windows(val, seq_len, batch_size, max_batches):
+        ids = y.numpy().reshape(-1)
+        nats -= float(logp[ids].sum())
+        n += ids.size
+    n_tok, n_bytes = split_counts(meta, "validation")
+    return {
+        "unigram": bits_per_byte(nats / n, n_tok, n_bytes),
+        "uniform": bits_per_byte(math.log(vocab_size), n_tok, n_bytes),
     }

@@ -27,6 +27,7 @@ from llmflow import events
 from llmflow.registry import Registry
 from llmflow.step import StepContext
 from llmflow.store import StepRef
+from tasks import baselines as B
 from tasks import bias as bias_mod
 from tasks import metrics as M
 from tasks.common import step_task
@@ -108,9 +109,17 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     metrics, cis, per_sample, signatures = M.score_all(preds, refs, **boot)
     timer("text_metrics")
 
+    # Reference points on the same items: the model before fine-tuning and trivial baselines.
+    baselines: dict[str, dict[str, Any]] = {}
+    if cfg.baselines:
+        baselines = _baselines(ctx, rows, refs, generate, gen, cfg.seed)
+        timer("baselines")
+
     # Language-model quality on the pretraining validation split.
     metrics.update(_bpb(model, ctx, cfg))
     timer("bpb")
+    if cfg.baselines and "val_bpb" in metrics:
+        metrics.update(_unigram_bpb(ctx, cfg, model))
     base_bpb = ctx.input_stats("base").get("val_bpb") if "base" in ctx.inputs else None
     if base_bpb is not None:
         metrics["base_val_bpb"] = float(base_bpb)
@@ -161,8 +170,12 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
             "prediction": p,
             "scores": s,
             "toxicity": t,
+            "baselines": {
+                b: {"prediction": v["predictions"][i], "scores": v["per_sample"][i]}
+                for b, v in baselines.items()
+            },
         }
-        for r, p, s, t in zip(rows, preds, per_sample, tox["scores"], strict=True)
+        for i, (r, p, s, t) in enumerate(zip(rows, preds, per_sample, tox["scores"], strict=True))
     ]
     with open(ctx.out / "samples.jsonl", "w", encoding="utf-8") as f:
         for s in samples:
@@ -173,6 +186,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         "ci": cis,
         "groups": groups,
         "signatures": signatures,
+        "baselines": {b: v["metrics"] for b, v in baselines.items()},
         "n": len(rows),
         "skipped": skipped,
         "bootstrap": boot,
@@ -182,10 +196,11 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2))
     (ctx.out / "bias.json").write_text(json.dumps(bias_report, indent=2, ensure_ascii=False))
 
-    _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings)
+    _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings, baselines)
     return {
         "metrics": metrics,
         "ci": cis,
+        "baselines": {b: v["metrics"] for b, v in baselines.items()},
         "n": len(rows),
         "skipped": skipped,
         "name": name,
@@ -207,21 +222,85 @@ class _Timer:
         self.t = now
 
 
+def _bpb_seq_len(model, cfg) -> int:
+    max_pos = getattr(model.config, "max_position_embeddings", None) or cfg.bpb_seq_len
+    return min(cfg.bpb_seq_len, max_pos)
+
+
 def _bpb(model, ctx: StepContext, cfg) -> dict[str, float]:
     if "shards" not in ctx.inputs:
         return {}
     from model.eval import evaluate_bpb
 
-    max_pos = getattr(model.config, "max_position_embeddings", None) or cfg.bpb_seq_len
     r = evaluate_bpb(
         model,
         ctx.input_path("shards"),
         split="validation",
-        seq_len=min(cfg.bpb_seq_len, max_pos),
+        seq_len=_bpb_seq_len(model, cfg),
         batch_size=cfg.batch_size,
         max_batches=cfg.bpb_batches,
     )
     return {"val_bpb": r["bpb"], "val_ppl": r["ppl"], "val_loss": r["loss"], "val_tokens": r["tokens"]}
+
+
+def _baselines(ctx: StepContext, rows, refs, generate, gen, seed) -> dict[str, dict[str, Any]]:
+    """{name: {predictions, per_sample, metrics}} of the model before fine-tuning (`base`, when
+    the step has that input) and of the task's trivial baselines (tasks/baselines.py)."""
+    from model.finetune import load_finetuned, render_prompt
+
+    prompts = [r["prompt"] for r in rows]
+    answers: dict[str, list[str]] = {}
+    if "base" in ctx.inputs:
+        base, tokenizer = load_finetuned(ctx.input_path("base"))
+        answers["base"] = []
+        for i in range(0, len(prompts), gen["batch_size"]):
+            batch = [render_prompt(p) for p in prompts[i : i + gen["batch_size"]]]
+            answers["base"] += generate(base, tokenizer, batch, **gen)
+            ctx.progress(
+                len(answers["base"]), len(prompts), f"base model {len(answers['base'])}/{len(prompts)}"
+            )
+        del base
+    train = ctx.input_path("task") / "train.jsonl"
+    train_responses = (
+        [
+            json.loads(line).get("response", "")
+            for line in train.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+        if train.exists()
+        else []
+    )
+    answers.update(B.baseline_answers(_task_source(ctx), prompts, train_responses))
+    out = {}
+    for b, preds in answers.items():
+        metrics, _, per_sample, _ = M.score_all(preds, refs, n_boot=0, seed=seed)
+        out[b] = {"predictions": preds, "per_sample": per_sample, "metrics": metrics}
+    return out
+
+
+def _task_source(ctx: StepContext) -> str:
+    """The task's `source` (task_data config), also behind a feedback_data step built on it."""
+    step, key = ctx.inputs["task"].step, ctx.inputs["task"].key
+    while step != "task_data":
+        ref = ((ctx.store.manifest(step, key) or {}).get("inputs") or {}).get("task")
+        if ref is None:
+            return ""
+        step, key = ref["step"], ref["key"]
+    return ((ctx.store.manifest(step, key) or {}).get("config") or {}).get("source", "")
+
+
+def _unigram_bpb(ctx: StepContext, cfg, model) -> dict[str, float]:
+    """Bits per byte of the trivial language models on the windows `val_bpb` is measured on."""
+    from model.eval import baseline_bpb
+
+    r = baseline_bpb(
+        ctx.input_path("shards"),
+        int(model.config.vocab_size),
+        seq_len=_bpb_seq_len(model, cfg),
+        batch_size=cfg.batch_size,
+        max_batches=cfg.bpb_batches,
+    )
+    return {"val_bpb_unigram": r["unigram"], "val_bpb_uniform": r["uniform"]}
 
 
 def _counterfactual(rows, preds, generate_all, cfg) -> dict[str, Any]:
@@ -260,7 +339,7 @@ def _fmt(x: Any) -> str:
     return "—" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings) -> None:
+def _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings, baselines) -> None:
     champ = None
     try:
         champ = Registry(ctx.store, name).champion()
@@ -315,6 +394,19 @@ def _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings) 
         f"| {r['metric']} | {_fmt(r['value'])} | {r['ci95']} | {_fmt(r['champion'])} | {_fmt(r['delta'])} |"
         for r in table
     ]
+    if baselines:
+        md += [
+            "\n## Against reference points (same items)\n",
+            "| answer | ROUGE-L | BLEU | chrF | exact match |",
+            "|---|---|---|---|---|",
+            f"| **candidate** | {metrics['rougeL']:.4f} | {metrics['bleu']:.2f} | {metrics['chrf']:.2f} | "
+            f"{metrics['exact_match']:.3f} |",
+        ]
+        md += [
+            f"| {b} | {v['metrics']['rougeL']:.4f} | {v['metrics']['bleu']:.2f} | {v['metrics']['chrf']:.2f} | "
+            f"{v['metrics']['exact_match']:.3f} |"
+            for b, v in baselines.items()
+        ]
     if groups and len(groups) > 1:
         md += ["\n## Per group\n", "| group | n | ROUGE-L | F1 |", "|---|---|---|---|"]
         md += [f"| {g} | {s['n']} | {s['rougeL']:.4f} | {s['f1']:.4f} |" for g, s in groups.items()]

@@ -4,21 +4,25 @@ Inputs: `eval` (evaluate: metrics.json, samples.jsonl, bias.json) and `model` (f
 `extra = {"name": <registry name>, "champion": <champion version or None>}`: the flow passes the
 registry's current champion, so a new champion re-runs the gate (it is part of the key).
 
-Checks (`decide`, a plain function):
+Checks (`decide`, a plain function), every one of which must pass:
+- reference points that need no tuning, on the same held-out items (evaluate scores them): the
+  model before fine-tuning (`base`: fine-tuning must help) and the task's trivial baselines
+  (tasks/baselines.py). The candidate must beat each on `task_metric` by a one-sided paired
+  bootstrap: the lower `confidence` bound of the mean per-item gain must exceed `min_gain`.
+  And the language model must beat the unigram model's bits per byte (`beat_unigram_bpb`).
 - value thresholds: `min <= value <= max` for each configured metric;
-- change thresholds against the champion, with TFX model-validation semantics: diff =
-  challenger - champion, relative = diff / champion; higher_is_better passes when
+- with a champion, change thresholds with TFX model-validation semantics on the measured values:
+  diff = challenger - champion, relative = diff / champion; higher_is_better passes when
   diff >= absolute and relative >= relative, lower_is_better when diff <= absolute and
-  relative <= relative. For metrics that are means of per-sample scores (ROUGE, EM, F1) and
-  samples shared with the champion's evaluation (paired by id), the point diff is replaced by a
-  paired bootstrap 95% CI: by default the candidate fails only when the whole CI is beyond the
-  bound (worse beyond noise); `strict_noninferiority` requires the whole CI to clear it.
-- the first model ever (no champion), or the champion itself gated again, is judged on value
-  thresholds alone;
-- a metric that is missing fails its check.
+  relative <= relative;
+- with a champion, `noninferiority` tests (a named option): one-sided paired bootstrap on the
+  items both evaluations share, passing when the challenger is at most `margin` worse.
+- a metric or reference point that is missing fails its check.
 
-Every gated candidate is registered (alias `challenger`); on pass with `promote`, it becomes the
-champion. Output `decision.json`; stats {passed, promoted, version, reasons, champion}.
+The first model ever, or the champion itself gated again, has no champion checks. Every gated
+candidate is registered (alias `challenger`); on pass with `promote`, it becomes the champion.
+Output `decision.json`; stats {passed, promoted, version, reasons, champion}. A failed gate is not
+an error of this step: the flow raises `GateFailed` after it, so the run ends Failed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from llmflow import events
 from llmflow.config import GateConfig
@@ -59,22 +65,97 @@ def value_check(t, metrics: dict[str, Any]) -> dict[str, Any]:
     return {**out, "passed": True, "reason": ""}
 
 
-def _paired(metric: str, samples, champion_samples) -> tuple[list[float], list[float]]:
-    if metric not in M.MEAN_METRICS or not samples or not champion_samples:
-        return [], []
-    champ = {s["id"]: s["scores"].get(metric) for s in champion_samples}
+class GateFailed(RuntimeError):
+    """The candidate did not pass the gate: the flow run ends Failed with the reasons.
+
+    `summary` is the flow's step summary (what ran, what was cached), for the command line."""
+
+    def __init__(self, name: str, version: Any, reasons: list[str], summary: dict[str, Any] | None = None):
+        super().__init__(name, version, reasons, summary)
+        self.name, self.version, self.reasons, self.summary = name, version, list(reasons), summary or {}
+
+    def __str__(self) -> str:
+        return f"gate failed for {self.name} v{self.version}: " + "; ".join(self.reasons)
+
+
+def raise_if_failed(gate_ref: StepRef | None, summary: dict[str, Any] | None = None) -> None:
+    """Raise GateFailed when the gate step (ran or cached) decided against the candidate."""
+    if gate_ref is not None and not gate_ref.stats.get("passed", False):
+        s = gate_ref.stats
+        reasons = s.get("reasons") or ["no reason recorded"]
+        raise GateFailed(s.get("name", "llmflow"), s.get("version"), reasons, summary)
+
+
+def _paired(metric: str, samples, other: dict[str, float | None]) -> tuple[list[float], list[float]]:
+    """Per-item scores of the candidate and of another system on the items both have, by id."""
     a, b = [], []
-    for s in samples:
-        x, y = s["scores"].get(metric), champ.get(s["id"])
-        if _num(x) is not None and _num(y) is not None:
-            a.append(float(x))
-            b.append(float(y))
+    for s in samples or []:
+        x, y = _num(s["scores"].get(metric)), _num(other.get(s["id"]))
+        if x is not None and y is not None:
+            a.append(x)
+            b.append(y)
     return a, b
 
 
-def change_check(
-    t, metrics: dict[str, Any], champion_metrics: dict[str, Any], samples, champion_samples, cfg: GateConfig
-) -> dict[str, Any]:
+def reference_checks(cfg: GateConfig, metrics: dict[str, Any], samples) -> list[dict[str, Any]]:
+    """The candidate against the model before fine-tuning and the task's trivial baselines."""
+    available = sorted({b for s in samples or [] for b in s.get("baselines", {})})
+    wanted = (["base"] if cfg.beat_base else []) + (
+        [b for b in available if b != "base"] if cfg.beat_baselines is None else list(cfg.beat_baselines)
+    )
+    checks = []
+    for ref in wanted:
+        out: dict[str, Any] = {
+            "kind": "reference",
+            "metric": cfg.task_metric,
+            "reference": ref,
+            "min_gain": cfg.min_gain,
+        }
+        other = {
+            s["id"]: s["baselines"][ref]["scores"].get(cfg.task_metric)
+            for s in samples or []
+            if ref in s.get("baselines", {})
+        }
+        a, b = _paired(cfg.task_metric, samples, other)
+        if not a:
+            why = (
+                "not evaluated (evaluate.baselines must be on)" if ref not in available else "no paired items"
+            )
+            checks.append({**out, "value": None, "passed": False, "reason": f"{ref}: {why}"})
+            continue
+        test = M.paired_lower_bound(a, b, cfg.bootstrap, cfg.seed, cfg.confidence)
+        passed = test["lower"] > cfg.min_gain
+        reason = (
+            ""
+            if passed
+            else f"does not beat {ref}: {cfg.task_metric} {np.mean(a):.4f} vs {np.mean(b):.4f}, gain "
+            f"{test['diff']:+.4f} with {cfg.confidence:.0%} lower bound {test['lower']:+.4f} <= {cfg.min_gain:g}"
+        )
+        checks.append(
+            {
+                **out,
+                "value": float(np.mean(a)),
+                "other": float(np.mean(b)),
+                "diff": test["diff"],
+                "paired": test,
+                "passed": passed,
+                "reason": reason,
+            }
+        )
+    if cfg.beat_unigram_bpb:
+        v, u = _num(metrics.get("val_bpb")), _num(metrics.get("val_bpb_unigram"))
+        out = {"kind": "reference", "metric": "val_bpb", "reference": "unigram", "value": v, "other": u}
+        if v is None or u is None:
+            checks.append({**out, "passed": False, "reason": "val_bpb against the unigram model: missing"})
+        else:
+            ok = v < u
+            reason = "" if ok else f"val_bpb {v:.4f} does not beat the unigram model's {u:.4f}"
+            checks.append({**out, "diff": v - u, "passed": ok, "reason": reason})
+    return checks
+
+
+def change_check(t, metrics: dict[str, Any], champion_metrics: dict[str, Any]) -> dict[str, Any]:
+    """TFX change threshold on the measured values of challenger and champion."""
     new, old = _num(metrics.get(t.metric)), _num(champion_metrics.get(t.metric))
     out: dict[str, Any] = {
         "kind": "change",
@@ -90,29 +171,38 @@ def change_check(
         return {**out, "passed": False, "reason": f"{t.metric}: missing for the {who}"}
     sign = 1.0 if t.direction == "higher_is_better" else -1.0
     diff = new - old
-    out["diff"] = diff
-    out["relative_diff"] = diff / old if old != 0 else None
-    a, b = _paired(t.metric, samples, champion_samples)
-    if a and cfg.bootstrap > 0:
-        pb = M.paired_bootstrap(a, b, cfg.bootstrap, cfg.seed)
-        lo, hi = pb["ci"]
-        # judge the end of the CI most favourable to the candidate (default) or least (strict)
-        favourable = hi if sign > 0 else lo
-        unfavourable = lo if sign > 0 else hi
-        judged = unfavourable if cfg.strict_noninferiority else favourable
-        out["paired"] = pb
-        out["method"] = "paired_bootstrap_strict" if cfg.strict_noninferiority else "paired_bootstrap"
-        base = pb["champion_mean"]
-        rel = judged / base if base != 0 else None
-    else:
-        out["method"] = "point"
-        judged, rel = diff, out["relative_diff"]
+    rel = diff / old if old != 0 else None
+    out.update(diff=diff, relative_diff=rel)
     reasons = []
-    if t.absolute is not None and sign * judged < sign * t.absolute:
-        reasons.append(f"{t.metric} diff {diff:+.4g} (judged {judged:+.4g}) fails absolute {t.absolute:+g}")
+    if t.absolute is not None and sign * diff < sign * t.absolute:
+        reasons.append(f"{t.metric} diff {diff:+.4g} fails absolute {t.absolute:+g}")
     if t.relative is not None and rel is not None and sign * rel < sign * t.relative:
         reasons.append(f"{t.metric} relative diff {rel:+.3%} fails relative {t.relative:+g}")
     return {**out, "passed": not reasons, "reason": "; ".join(reasons)}
+
+
+def noninferiority_check(t, metrics, champion_metrics, samples, champion_samples, cfg) -> dict[str, Any]:
+    """One-sided paired bootstrap against the champion: at most `margin` worse at `confidence`."""
+    out: dict[str, Any] = {
+        "kind": "noninferiority",
+        "metric": t.metric,
+        "margin": t.margin,
+        "value": _num(metrics.get(t.metric)),
+        "champion": _num(champion_metrics.get(t.metric)),
+    }
+    champ = {s["id"]: s["scores"].get(t.metric) for s in champion_samples or []}
+    a, b = _paired(t.metric, samples, champ)
+    if not a:
+        return {**out, "passed": False, "reason": f"{t.metric}: no per-item scores shared with the champion"}
+    test = M.paired_lower_bound(a, b, cfg.bootstrap, cfg.seed, t.confidence)
+    passed = test["lower"] >= -t.margin
+    reason = (
+        ""
+        if passed
+        else f"{t.metric} may be worse than the champion's by more than {t.margin:g}: diff "
+        f"{test['diff']:+.4f}, {t.confidence:.0%} lower bound {test['lower']:+.4f}"
+    )
+    return {**out, "diff": test["diff"], "paired": test, "passed": passed, "reason": reason}
 
 
 def decide(
@@ -123,21 +213,31 @@ def decide(
     champion_samples: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """All checks and the verdict. `champion` is a registry entry (with `metrics`) or None."""
-    checks = [value_check(t, metrics) for t in cfg.value_thresholds]
+    checks = reference_checks(cfg, metrics, samples)
+    checks += [value_check(t, metrics) for t in cfg.value_thresholds]
     if champion is not None:
+        cm = champion.get("metrics", {})
+        checks += [change_check(t, metrics, cm) for t in cfg.change_thresholds]
         checks += [
-            change_check(t, metrics, champion.get("metrics", {}), samples, champion_samples, cfg)
-            for t in cfg.change_thresholds
+            noninferiority_check(t, metrics, cm, samples, champion_samples, cfg) for t in cfg.noninferiority
         ]
+    if not checks:  # the config validator makes this unreachable; never pass on nothing
+        checks.append(
+            {"kind": "none", "metric": "", "value": None, "passed": False, "reason": "nothing checked"}
+        )
     reasons = [c["reason"] for c in checks if not c["passed"]]
     return {
         "passed": not reasons,
         "first_model": champion is None,
         "reasons": reasons,
         "checks": checks,
-        "values": {c["metric"]: c["value"] for c in checks},
+        "values": {c["metric"]: c["value"] for c in checks if c["kind"] in ("value", "change")},
         "deltas": {c["metric"]: c.get("diff") for c in checks if c["kind"] == "change"},
-        "intervals": {c["metric"]: c["paired"]["ci"] for c in checks if "paired" in c},
+        "references": {
+            c["reference"]: {k: c.get(k) for k in ("metric", "value", "other", "diff", "passed")}
+            for c in checks
+            if c["kind"] == "reference"
+        },
         "thresholds": cfg.model_dump(mode="json"),
         "seed": cfg.seed,
     }
@@ -189,7 +289,7 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
             )
         else:
             ctx.logger.warning(
-                "the champion's evaluation %s is gone: point estimates only", champion["eval_key"][:12]
+                "the champion's evaluation %s is gone: its paired tests cannot run", champion["eval_key"][:12]
             )
 
     decision = decide(cfg, metrics, samples, champion, champion_samples)
@@ -236,12 +336,11 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
                 for k in (
                     "kind",
                     "metric",
+                    "reference",
                     "value",
+                    "other",
                     "champion",
                     "diff",
-                    "min",
-                    "max",
-                    "absolute",
                     "passed",
                     "reason",
                 )
@@ -264,31 +363,43 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _bound(c: dict[str, Any]) -> str:
+    if c["kind"] == "value":
+        return " ".join(f"{k} {c[k]:g}" for k in ("min", "max") if c[k] is not None)
+    if c["kind"] == "change":
+        return " ".join(f"{k} {c[k]:+g}" for k in ("absolute", "relative") if c[k] is not None)
+    if c["kind"] == "noninferiority":
+        return f"margin {c['margin']:g}"
+    if "paired" in c:
+        return f"{c['paired']['confidence']:.0%} lower bound of gain > {c.get('min_gain', 0):g}"
+    return "below" if c.get("reference") == "unigram" else ""
+
+
 def _markdown(d: dict[str, Any]) -> str:
     verdict = "PASSED" if d["passed"] else "FAILED"
     if d["champion"]:
         champ = f"v{d['champion']['version']}"
     elif d.get("candidate_is_champion"):
-        champ = "the candidate itself (value thresholds only)"
+        champ = "the candidate itself (no champion checks)"
     else:
-        champ = "none (first model: value thresholds only)"
-    lines = [
-        f"# Gate {verdict}: `{d['name']}` v{d['version']}\n",
+        champ = "none (first model: no champion checks)"
+    lines = [f"# Gate {verdict}: `{d['name']}` v{d['version']}\n"]
+    if d["reasons"]:
+        lines += ["Why it failed:\n", *[f"- {r}" for r in d["reasons"]], ""]
+    lines += [
         f"- champion: {champ}",
         f"- promoted: {'yes' if d['promoted'] else 'no'}",
         f"- seed: {d['seed']}\n",
-        "| check | metric | value | champion | diff | 95% CI of diff | bound | result |",
-        "|---|---|---|---|---|---|---|---|",
+        "| check | metric | candidate | against | value there | diff | lower bound | bound | result |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in d["checks"]:
-        if c["kind"] == "value":
-            bound = " ".join(f"{k} {c[k]:g}" for k in ("min", "max") if c[k] is not None)
-        else:
-            bound = " ".join(f"{k} {c[k]:+g}" for k in ("absolute", "relative") if c[k] is not None)
-        ci = c.get("paired", {}).get("ci")
+        against = c.get("reference") or ("champion" if c["kind"] in ("change", "noninferiority") else "")
+        other = c.get("other", c.get("champion"))
+        lower = c.get("paired", {}).get("lower")
         lines.append(
-            f"| {c['kind']} | {c['metric']} | {_f(c['value'])} | {_f(c.get('champion'))} | {_f(c.get('diff'))} | "
-            f"{f'[{ci[0]:+.4g}, {ci[1]:+.4g}]' if ci else ''} | {bound} | {'pass' if c['passed'] else 'FAIL: ' + c['reason']} |"
+            f"| {c['kind']} | {c['metric']} | {_f(c['value'])} | {against} | {_f(other)} | {_f(c.get('diff'))} | "
+            f"{_f(lower)} | {_bound(c)} | {'pass' if c['passed'] else 'FAIL: ' + c['reason']} |"
         )
     return "\n".join(lines) + "\n"
 

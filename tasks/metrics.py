@@ -194,6 +194,21 @@ def paired_bootstrap(
     }
 
 
+def paired_lower_bound(
+    challenger: Sequence[float], other: Sequence[float], n_boot: int, seed: int, confidence: float
+) -> dict[str, Any]:
+    """One-sided paired bootstrap: the mean gain challenger - other and the lower bound that the
+    gain exceeds with probability `confidence` (the (1 - confidence) quantile of resampled means)."""
+    pb = paired_bootstrap(challenger, other, n_boot, seed, level=2 * confidence - 1)
+    return {
+        "diff": pb["diff"],
+        "lower": pb["ci"][0],
+        "confidence": confidence,
+        "n": pb["n"],
+        "n_boot": n_boot,
+    }
+
+
 # --------------------------------------------------------------------------- all together
 
 

@@ -52,21 +52,28 @@ def _inputs(store, tok_dir, rows, model_key="ft1", with_tokenizer=True):
             i for line in text for i in [*tok(line, add_special_tokens=False)["input_ids"], tok.eos_token_id]
         ]
         np.asarray(ids, dtype=np.uint16).tofile(out / "validation.bin")
+        np.asarray(ids[::-1], dtype=np.uint16).tofile(out / "train.bin")
         nbytes = sum(len(t.encode()) for t in text)
         meta = {
             "dtype": "uint16",
             "vocab_size": len(tok),
             "validation": {"tokens": len(ids), "bytes": nbytes},
+            "train": {"tokens": len(ids), "bytes": nbytes},
         }
         (out / "meta.json").write_text(json.dumps(meta))
 
     def task(out):
         if rows is not None:
             (out / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            train = [{"prompt": "p", "response": r} for r in ("Open a file.", "Sort items.", "Open a file.")]
+            (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+
+    def base(out):
+        tiny_model_dir(out / "model", tok_dir, seed=7)
 
     return {
         "model": _artifact(store, "finetune", model_key, model),
-        "base": _artifact(store, "pretrain", "pre1", stats={"val_bpb": 5.5}),
+        "base": _artifact(store, "pretrain", "pre1", base, stats={"val_bpb": 5.5}),
         "shards": _artifact(store, "pack", "pack1", shards),
         "task": _artifact(store, "task_data", f"task-{model_key}", task),
     }
@@ -145,8 +152,24 @@ def test_evaluate_step_end_to_end_then_gate(store, tok_dir):
     report = (out / "report.md").read_text()
     assert "samples.jsonl" in report and "Stereotype preference" in report and "Ten worst" in report
 
+    # reference points on the same items: the model before fine-tuning and the trivial baselines
+    assert set(samples[0]["baselines"]) == {"base", "constant", "first_sentence"}  # no signatures here
+    assert {s["baselines"]["constant"]["prediction"] for s in samples} == {"Open a file."}  # most frequent
+    for name, b in doc["baselines"].items():
+        per_item = [s["baselines"][name]["scores"]["rougeL"] for s in samples]
+        assert b["rougeL"] == pytest.approx(np.mean(per_item)), name
+    assert ref.stats["baselines"] == doc["baselines"] and "Against reference points" in report
+    # the unigram model's bits per byte on the same windows; the uniform one is log2(V) per token
+    assert 0 < m["val_bpb_unigram"] < m["val_bpb_uniform"]
+
     # the gate on this evaluation: first model, promoted, card written
-    gcfg = GateConfig(value_thresholds=[Threshold(metric="val_bpb", max=100.0)], bootstrap=50)
+    # (random tiny models beat no reference point: this part is about promotion and the card)
+    gcfg = GateConfig(
+        value_thresholds=[Threshold(metric="val_bpb", max=100.0)],
+        beat_base=False,
+        beat_baselines=[],
+        beat_unigram_bpb=False,
+    )
     g = run_step(
         "gate",
         G.VERSION,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmflow import events
-from llmflow.config import ChangeThreshold, GateConfig, Threshold
+from llmflow.config import ChangeThreshold, ConfigError, GateConfig, NonInferiority, Threshold, load_config
 from llmflow.registry import Registry
 from llmflow.step import run_step
 from tasks import gate as G
@@ -23,14 +23,25 @@ def _noisy(n=200, seed=0):
     return np.random.default_rng(seed).uniform(0.3, 0.7, n)
 
 
+# Value and champion checks alone (the reference points have tests of their own below).
+NO_REFS = {"beat_base": False, "beat_baselines": [], "beat_unigram_bpb": False}
 CFG = GateConfig(
     value_thresholds=[Threshold(metric="rougeL", min=0.1), Threshold(metric="val_bpb", max=4.0)],
     change_thresholds=[ChangeThreshold(metric="rougeL", absolute=-0.01)],
     bootstrap=500,
+    **NO_REFS,
 )
 
 
-def test_first_model_is_judged_on_value_thresholds_alone():
+def _with_refs(scores, refs: dict[str, list[float]]) -> list[dict]:
+    """Candidate samples carrying reference points' per-item scores, as evaluate writes them."""
+    out = _samples(list(scores))
+    for i, s in enumerate(out):
+        s["baselines"] = {name: {"prediction": "x", "scores": {"rougeL": v[i]}} for name, v in refs.items()}
+    return out
+
+
+def test_first_model_is_judged_without_champion_checks():
     d = G.decide(CFG, {"rougeL": 0.3, "val_bpb": 3.0})
     assert d["passed"] and d["first_model"] and [c["kind"] for c in d["checks"]] == ["value", "value"]
     d = G.decide(CFG, {"rougeL": 0.05, "val_bpb": 3.0})
@@ -49,12 +60,27 @@ def test_missing_metric_fails():
     assert not d["passed"] and d["reasons"] == ["rougeL: missing for the champion"]
 
 
+def test_a_gate_with_nothing_to_check_is_a_config_error():
+    with pytest.raises(ValueError, match="nothing to check"):
+        GateConfig(**NO_REFS)
+    with pytest.raises(ConfigError, match="nothing to check"):
+        load_config(
+            "smoke", ["gate.beat_base=false", "gate.beat_baselines=[]", "gate.beat_unigram_bpb=false"]
+        )
+    # change thresholds alone check nothing for a first model
+    with pytest.raises(ValueError, match="nothing to check"):
+        GateConfig(change_thresholds=[ChangeThreshold(metric="rougeL", absolute=0.0)], **NO_REFS)
+
+
 def test_point_change_thresholds_follow_tfx_semantics():
     good = {"rougeL": 0.3, "val_bpb": 3.0}
     champ = {"metrics": {"rougeL": 0.305, "val_bpb": 2.9}}
     # higher_is_better: diff = -0.005 >= absolute -0.01 passes
     d = G.decide(CFG, good, champion=champ)
     assert d["passed"] and d["deltas"]["rougeL"] == pytest.approx(-0.005)
+    # a measured drop of 0.03 fails absolute -0.01, however noisy the items (measured values)
+    d = G.decide(CFG, {"rougeL": 0.275, "val_bpb": 3.0}, champion=champ)
+    assert not d["passed"] and d["reasons"] == ["rougeL diff -0.03 fails absolute -0.01"]
     # a positive absolute demands a gain (TFX): diff -0.005 < +0.01 fails
     cfg = CFG.model_copy(update={"change_thresholds": [ChangeThreshold(metric="rougeL", absolute=0.01)]})
     assert not G.decide(cfg, good, champion=champ)["passed"]
@@ -66,34 +92,72 @@ def test_point_change_thresholds_follow_tfx_semantics():
         assert d["checks"][-1]["relative_diff"] == pytest.approx(0.1 / 2.9)
 
 
-def test_paired_bootstrap_better_worse_and_within_noise():
+def test_noninferiority_is_a_named_paired_bootstrap_option():
     base = _noisy()
     champ_s = _samples(base.tolist())
     champ = {"metrics": {"rougeL": float(base.mean()), "val_bpb": 3.0}}
+    cfg = CFG.model_copy(
+        update={"change_thresholds": [], "noninferiority": [NonInferiority(metric="rougeL", margin=0.02)]}
+    )
 
-    def run(new: np.ndarray, cfg=CFG):
+    def run(new: np.ndarray):
         return G.decide(
             cfg, {"rougeL": float(new.mean()), "val_bpb": 3.0}, _samples(new.tolist()), champ, champ_s
         )
 
-    better = run(base + 0.05)
-    assert better["passed"] and better["intervals"]["rougeL"][0] > 0
-    worse = run(np.clip(base - 0.15, 0, 1))
-    assert not worse["passed"] and worse["intervals"]["rougeL"][1] < -0.01
-    # slightly worse than the -0.01 bound on average, but within noise: passes non-inferiority
+    assert run(base + 0.05)["passed"]
+    same = run(base)
+    assert same["passed"] and same["checks"][-1]["paired"]["lower"] == pytest.approx(0.0)
+    worse = run(np.clip(base - 0.05, 0, 1))
+    assert not worse["passed"] and "worse than the champion's by more than 0.02" in worse["reasons"][0]
+    # within the margin on average, but too noisy to show it at 95%: fails
     rng = np.random.default_rng(3)
     noise = rng.uniform(-0.25, 0.25, base.size)
-    noisy = base - 0.015 + noise - noise.mean()
-    d = run(noisy)
-    assert d["checks"][-1]["diff"] < -0.01  # a point check would fail it
-    assert d["passed"] and d["checks"][-1]["method"] == "paired_bootstrap"
-    lo, hi = d["intervals"]["rougeL"]
-    assert lo < -0.01 < hi
-    # strict non-inferiority needs the whole CI above the bound: the same candidate fails
-    strict = CFG.model_copy(update={"strict_noninferiority": True})
-    assert not run(noisy, strict)["passed"] and run(base + 0.05, strict)["passed"]
-    # the same seed gives the same decision
-    assert run(noisy)["intervals"] == d["intervals"]
+    noisy = run(base - 0.015 + noise - noise.mean())
+    assert not noisy["passed"] and noisy["checks"][-1]["diff"] > -0.02
+    assert run(base - 0.015 + noise - noise.mean()) == noisy  # the same seed, the same decision
+
+
+def test_reference_points_must_be_beaten_by_a_one_sided_paired_bootstrap():
+    cfg = GateConfig(bootstrap=500, beat_unigram_bpb=False)  # base and every baseline
+    cand = _noisy(183)
+    metrics = {"rougeL": float(cand.mean())}
+    below = np.clip(cand - 0.08 + np.random.default_rng(1).uniform(-0.05, 0.05, cand.size), 0, 1)
+    d = G.decide(cfg, metrics, _with_refs(cand, {"base": below, "constant": below * 0.5}))
+    assert d["passed"], d["reasons"]
+    assert [c["reference"] for c in d["checks"]] == ["base", "constant"]
+    assert all(c["paired"]["lower"] > 0 for c in d["checks"])
+    # identical to the model before fine-tuning: fine-tuning did not help
+    d = G.decide(cfg, metrics, _with_refs(cand, {"base": cand, "constant": below}))
+    assert not d["passed"] and d["reasons"][0].startswith("does not beat base")
+    # ahead on average but within noise of a baseline: not beaten at 95%
+    rng = np.random.default_rng(5)
+    noise = rng.uniform(-0.3, 0.3, cand.size)
+    close = np.clip(cand - 0.01 + noise - noise.mean(), 0, 1)
+    d = G.decide(cfg, metrics, _with_refs(cand, {"base": below, "constant": close}))
+    check = d["checks"][1]
+    assert not d["passed"] and check["diff"] > 0 and check["paired"]["lower"] <= 0
+    # a demanded margin: beating the baseline by 0.08 on average is not a gain of 0.1
+    d = G.decide(
+        cfg.model_copy(update={"min_gain": 0.1}),
+        metrics,
+        _with_refs(cand, {"base": below, "constant": below}),
+    )
+    assert not d["passed"]
+    # a reference point the evaluation lacks fails its check; one not asked for is not checked
+    d = G.decide(cfg, metrics, _with_refs(cand, {"constant": below}))
+    assert not d["passed"] and d["reasons"] == ["base: not evaluated (evaluate.baselines must be on)"]
+    only = cfg.model_copy(update={"beat_base": False, "beat_baselines": ["constant"]})
+    assert G.decide(only, metrics, _with_refs(cand, {"constant": below, "name_words": cand + 0.5}))["passed"]
+
+
+def test_the_language_model_must_beat_the_unigram_model():
+    cfg = GateConfig(beat_base=False, beat_baselines=[], bootstrap=100)
+    assert G.decide(cfg, {"val_bpb": 2.1, "val_bpb_unigram": 3.9})["passed"]
+    d = G.decide(cfg, {"val_bpb": 4.4, "val_bpb_unigram": 4.0})
+    assert not d["passed"] and d["reasons"] == ["val_bpb 4.4000 does not beat the unigram model's 4.0000"]
+    d = G.decide(cfg, {"val_bpb": 2.1})
+    assert not d["passed"] and "missing" in d["reasons"][0]
 
 
 # --------------------------------------------------------------------------- the step
@@ -171,7 +235,7 @@ def test_gate_step_registers_promotes_and_compares_with_the_champion(store):
     assert not r2.stats["passed"] and not r2.stats["promoted"] and r2.stats["version"] == 2
     assert reg.champion()["version"] == 1 and reg.get("challenger")["version"] == 2
     d2 = json.loads((store.local_path(r2) / "decision.json").read_text())
-    assert d2["champion"]["version"] == 1 and d2["intervals"]["rougeL"][1] < 0
+    assert d2["champion"]["version"] == 1 and d2["deltas"]["rougeL"] < -0.1
     assert "FAIL" in (store.local_path(r2) / "decision.md").read_text()
     names = [e for e, _, _ in G._events(r2)]
     assert names == [events.GATE_FAILED]
@@ -195,7 +259,7 @@ def test_gate_step_registers_promotes_and_compares_with_the_champion(store):
         extra={"name": "demo", "champion": 1},
     )
     assert r1b.stats["version"] == 1 and r1b.stats["passed"] and not r1b.stats["promoted"]
-    # the champion gated again is judged on values alone, even under a gain-demanding bound
+    # the champion gated again has no champion checks, even under a gain-demanding bound
     demanding = CFG.model_copy(
         update={"change_thresholds": [ChangeThreshold(metric="rougeL", absolute=0.05)]}
     )

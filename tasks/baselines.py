@@ -1,0 +1,74 @@
+"""Trivial baselines of a prompt -> response task: answers that need no model and no tuning.
+
+A fine-tuned model is worth promoting only when it beats these on the same held-out items (the
+gate's reference points, tasks/gate.py). Every task gets:
+
+- `constant`: one answer for every prompt: "Return the result." for `builtin:pydocs-summary`
+  (the most common shape of a Python docstring summary), otherwise the most frequent response
+  of the train split (ties: the shortest, then the first in sort order);
+- `first_sentence`: the first sentence of the prompt's text (after a leading signature line).
+
+A prompt that opens with a Python signature (`def name(...)`, `class Name(...)`, as in the
+built-in task) also gets:
+
+- `name_words`: the function's name split into words, `read_file` -> "Read file.",
+  `json.JSONDecoder.raw_decode` -> "Raw decode.".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+BUILTIN = "builtin:pydocs-summary"
+BUILTIN_CONSTANT = "Return the result."
+
+_SIGNATURE = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([\w.]+)\s*[(:]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def constant_answer(source: str, train_responses: Iterable[str]) -> str:
+    """The `constant` baseline's one answer for this task."""
+    if source == BUILTIN:
+        return BUILTIN_CONSTANT
+    counts = Counter(r.strip() for r in train_responses if r.strip())
+    if not counts:
+        return ""
+    return min(counts.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))[0]
+
+
+def signature_name(prompt: str) -> str | None:
+    """The function or class name of a prompt that opens with a Python signature, else None."""
+    m = _SIGNATURE.match(prompt.split("\n", 1)[0])
+    return m.group(1).rsplit(".", 1)[-1] if m else None
+
+
+def name_words(prompt: str) -> str | None:
+    """`def os.path.read_file(...)` -> "Read file."; None when the prompt has no signature."""
+    name = signature_name(prompt)
+    if name is None:
+        return None
+    words = [w for part in name.split("_") for w in _CAMEL.split(part) if w]
+    if not words:
+        return None
+    text = " ".join(w.lower() for w in words)
+    return text[0].upper() + text[1:] + "."
+
+
+def first_sentence(prompt: str) -> str:
+    """The first sentence of the prompt's text, after a leading signature line."""
+    text = prompt.split("\n", 1)[1] if signature_name(prompt) is not None and "\n" in prompt else prompt
+    text = " ".join(text.split())
+    return _SENTENCE_END.split(text, 1)[0] if text else ""
+
+
+def baseline_answers(source: str, prompts: list[str], train_responses: Iterable[str]) -> dict[str, list[str]]:
+    """{baseline name: one answer per prompt} for the baselines that apply to this task."""
+    const = constant_answer(source, train_responses)
+    out = {"constant": [const] * len(prompts), "first_sentence": [first_sentence(p) for p in prompts]}
+    names = [name_words(p) for p in prompts]
+    if all(n is not None for n in names):
+        out["name_words"] = names  # type: ignore[assignment]
+    return out
