@@ -75,3 +75,24 @@ def test_models_list_empty_registry(tmp_path):
     res = _run("models", "list", "--home", str(tmp_path))
     assert res.returncode == 0
     assert "No registered versions" in res.stdout
+
+
+@pytest.mark.slow
+def test_run_exits_3_with_the_reasons_when_the_gate_fails_and_0_when_it_passes(tmp_path):
+    home = str(tmp_path / "home")
+    r = _run("run", "--config", "smoke", "--home", home, timeout=600)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "gate failed: smoke v1 was not promoted" in r.stderr
+    assert "does not beat name_words" in r.stderr and "decision.json" in r.stderr
+    assert "│ gate" in r.stdout  # the step table is still printed
+    # a gate the tiny model can pass (a bound on bits per byte alone) promotes it and exits 0
+    sets = ["gate.beat_base=false", "gate.beat_baselines=[]", "gate.beat_unigram_bpb=false"]
+    sets.append("gate.value_thresholds=[{metric: val_bpb, max: 100}]")
+    r = _run(
+        "run", "--config", "smoke", "--home", home, *[a for s in sets for a in ("--set", s)], timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    from llmflow.registry import Registry
+    from llmflow.store import ArtifactStore
+
+    assert Registry(ArtifactStore(home), "smoke").champion()["version"] == 1  # the same fine-tune
