@@ -9,7 +9,8 @@ prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with
 Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `checkpoint_every` steps to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/finetune/<key>/checkpoints`, so a killed or retried task with the same key
-resumes where it stopped; a successful run removes it, so a forced rerun starts afresh.
+resumes where it stopped. A forced run (`force`) removes that directory first and starts from
+step 0 (a Prefect retry of it resumes its own checkpoints); a successful run removes it too.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     )
 
     ckpts = ctx.work_dir / "checkpoints"
+    if ctx.force and ctx.work_dir.exists():  # forced: step 0, not an earlier run's checkpoint
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     ckpts.mkdir(parents=True, exist_ok=True)
     result, tokenizer, data = ft.finetune(
         base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,

@@ -6,10 +6,11 @@ with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint),
 
 Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
-resumes where it stopped instead of starting over; `force` starts afresh. With
-`num_processes > 1` the loop runs under `accelerate launch` as a subprocess whose output streams
-into the step's logger; its failure fails the step with the subprocess's own error. A successful
-run removes its work directory, so a forced rerun starts afresh.
+resumes where it stopped instead of starting over. A forced run (`force`) removes that directory
+first and starts from step 0 (a Prefect retry of it resumes its own checkpoints); a successful run
+removes it too. With `num_processes > 1` the loop runs under `accelerate launch` as a subprocess
+whose output streams into the step's logger; its failure fails the step with the subprocess's own
+error.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     cfg: PretrainConfig = ctx.config
     shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
     ckpts = ctx.work_dir / "checkpoints"
+    if ctx.force and ctx.work_dir.exists():  # forced: step 0, not an earlier run's checkpoint
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
         "config": cfg.model_dump(mode="json"),
