@@ -132,15 +132,15 @@ def _remember(task_obj: Any, ref: StepRef) -> None:
 
 
 def _retrying() -> bool:
-    """Whether this task run is a retry, of the task or of its flow run."""
+    """Whether this task run is a retry of the task. (A retried flow run calls its tasks anew: a
+    forced one starts afresh again, as its first try may have failed before the step cleared.)"""
     ctx = TaskRunContext.get()
-    run = ctx.task_run if ctx is not None else None
-    return run is not None and (run.run_count > 1 or (run.flow_run_run_count or 0) > 1)
+    return ctx is not None and ctx.task_run.run_count > 1
 
 
 def _resuming(fn: StepFn) -> StepFn:
     """`fn` told that its run is not forced: a retry of a forced run resumes its first try's work
-    (the first try already removed the older run's)."""
+    (the first try removed the older run's as the step's first act)."""
     return lambda ctx: fn(dataclasses.replace(ctx, force=False))
 
 

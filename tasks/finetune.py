@@ -52,6 +52,9 @@ def code_version() -> dict[str, Any]:
 def finetune_step(ctx: StepContext) -> dict[str, Any]:
     """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full); resumes from the
     step's own checkpoints."""
+    if ctx.force and ctx.work_dir.exists():  # first, before anything can fail: step 0, not resumed
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     cfg = ctx.config
     base_dir = ctx.input_path("base") / "model"
     task_dir = ctx.input_path("task")
@@ -63,9 +66,6 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     )
 
     ckpts = ctx.work_dir / "checkpoints"
-    if ctx.force and ctx.work_dir.exists():  # forced: step 0, not an earlier run's checkpoint
-        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
-        shutil.rmtree(ctx.work_dir)
     ckpts.mkdir(parents=True, exist_ok=True)
     result, tokenizer, data = ft.finetune(
         base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,

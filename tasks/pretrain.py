@@ -124,12 +124,12 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     """Pretrain the base model on packed token shards; resumes from the step's own checkpoints."""
     from model.train import train
 
+    if ctx.force and ctx.work_dir.exists():  # first, before anything can fail: step 0, not resumed
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     cfg: PretrainConfig = ctx.config
     shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
     ckpts = ctx.work_dir / "checkpoints"
-    if ctx.force and ctx.work_dir.exists():  # forced: step 0, not an earlier run's checkpoint
-        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
-        shutil.rmtree(ctx.work_dir)
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
         "config": cfg.model_dump(mode="json"),
