@@ -49,6 +49,7 @@ class StepContext:
     store: ArtifactStore
     out: Path
     extra: Any = None
+    force: bool = False  # a forced run: work kept in `work_dir` by an earlier run is not resumed
     logger: logging.Logger = field(default_factory=lambda: log)
     on_progress: ProgressFn | None = None
     on_publish: PublishFn | None = None
@@ -141,6 +142,7 @@ def run_step(
             store=store,
             out=out,
             extra=extra,
+            force=force,
             logger=logger or log,
             on_progress=on_progress,
             on_publish=on_publish,

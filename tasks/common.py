@@ -3,12 +3,14 @@
 `step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key.
 Prefect does not know the files behind a result, so the policy only offers the key when the
 artifact's manifest still exists; a cache hit whose files were deleted is rebuilt. `force=True`
-bypasses both the Prefect cache and the store.
+bypasses both the Prefect cache and the store, and tells the step (`StepContext.force`) not to
+resume an earlier run's work; a retry of a forced run resumes what its own first try left.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -129,6 +131,19 @@ def _remember(task_obj: Any, ref: StepRef) -> None:
         get_run_logger().debug("could not record the cache entry for %s: %s", ref.step, e)
 
 
+def _retrying() -> bool:
+    """Whether this task run is a retry of the task. (A retried flow run calls its tasks anew: a
+    forced one starts afresh again, as its first try may have failed before the step cleared.)"""
+    ctx = TaskRunContext.get()
+    return ctx is not None and ctx.task_run.run_count > 1
+
+
+def _resuming(fn: StepFn) -> StepFn:
+    """`fn` told that its run is not forced: a retry of a forced run resumes its first try's work
+    (the first try removed the older run's as the step's first act)."""
+    return lambda ctx: fn(dataclasses.replace(ctx, force=False))
+
+
 def step_task(
     name: str,
     version: int | str,
@@ -164,7 +179,7 @@ def step_task(
         ref = run_step(
             name,
             version,
-            fn,
+            _resuming(fn) if force and _retrying() else fn,
             config,
             inputs,
             store=ArtifactStore(home),

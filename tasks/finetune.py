@@ -9,7 +9,8 @@ prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with
 Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `checkpoint_every` steps to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/finetune/<key>/checkpoints`, so a killed or retried task with the same key
-resumes where it stopped; a successful run removes it, so a forced rerun starts afresh.
+resumes where it stopped. A forced run (`force`) removes that directory first and starts from
+step 0 (a Prefect retry of it resumes its own checkpoints); a successful run removes it too.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def code_version() -> dict[str, Any]:
 def finetune_step(ctx: StepContext) -> dict[str, Any]:
     """Fine-tune the pretrained base on the task (LoRA / prompt tuning / full); resumes from the
     step's own checkpoints."""
+    if ctx.force and ctx.work_dir.exists():  # first, before anything can fail: step 0, not resumed
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     cfg = ctx.config
     base_dir = ctx.input_path("base") / "model"
     task_dir = ctx.input_path("task")

@@ -325,7 +325,7 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
         promoted = before is None or before["version"] != version
         reg.promote(version)
     entry = reg.get(version)
-    reg.write_card(version, render_card(entry, doc, bias, decision))
+    reg.write_card(version, render_card(entry, doc, bias, decision, store=ctx.store))
     decision.update(version=version, promoted=promoted)
     (ctx.out / "decision.json").write_text(json.dumps(decision, indent=2, default=str))
     ctx.report(_markdown(decision), name="decision")

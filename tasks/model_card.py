@@ -4,6 +4,10 @@ The card follows the Hugging Face model card layout (YAML metadata, then model d
 bias/risks/limitations, training, evaluation), filled from the registry entry (lineage,
 metrics), the evaluation (metrics.json, bias.json) and the gate decision. It is written next to
 the entry (`registry/<name>/v<N>/README.md`) by the gate.
+
+What it says about the pretraining data comes from the manifests of the `ingest` and `prepare`
+artifacts in the entry's lineage (`data_records`): the data steps that ran, those turned off, what
+each dropped, and the languages kept (the `language:` metadata). Nothing recorded, nothing claimed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 from typing import Any
 
 import yaml
+
+from llmflow.store import ArtifactStore
 
 _METRIC_NAMES = {
     "rouge1": "ROUGE-1 F",
@@ -29,8 +35,129 @@ _METRIC_NAMES = {
 }
 
 
+# prepare's sub-steps (its stats["steps"]), in run order, as the card names them
+_DATA_STEPS = {
+    "normalize": "normalisation",
+    "quality": "quality filters",
+    "langid": "language ID",
+    "toxicity": "toxicity filter",
+    "decontaminate": "decontamination against the task's held-out items",
+    "pii": "PII redaction",
+    "dedup_exact": "exact deduplication",
+    "dedup_minhash": "MinHash near-deduplication",
+}
+
+
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else "—" if x is None else str(x)
+
+
+def data_records(store: ArtifactStore, artifacts: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The manifests (config, stats) of the lineage's `ingest` and `prepare` artifacts, by step;
+    a step missing from the lineage or the store is absent."""
+    out = {}
+    for step in ("ingest", "prepare"):
+        key = artifacts.get(step)
+        manifest = store.manifest(step, key) if key else None
+        if manifest is not None:
+            out[step] = {
+                "key": key,
+                "config": manifest.get("config") or {},
+                "stats": manifest.get("stats") or {},
+            }
+    return out
+
+
+def kept_languages(prepare: dict[str, Any] | None) -> list[str]:
+    """Languages of the kept documents, most documents first; none when language ID did not run."""
+    stats = (prepare or {}).get("stats") or {}
+    if (stats.get("steps") or {}).get("langid", {}).get("status") != "ran":
+        return []
+    by_lang = stats.get("by_language") or {}
+    return sorted((lang for lang in by_lang if lang != "und"), key=lambda lang: (-by_lang[lang], lang))
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"`{k}` {n:,}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _data_section(records: dict[str, dict[str, Any]]) -> list[str]:
+    """The pretraining data as its steps recorded it (markdown lines)."""
+    prep = records.get("prepare")
+    if prep is None:
+        return [
+            "No llmflow data step is in this model's lineage (or its records are gone): nothing is "
+            "claimed here about the data the base model was trained on.",
+        ]
+    out: list[str] = []
+    ing = records.get("ingest")
+    if ing is not None and "documents" in ing["stats"]:
+        st = ing["stats"]
+        sources = ", ".join(f"{k} ({v:,})" for k, v in (st.get("by_source") or {}).items())
+        out += [
+            f"Ingest (artifact `{ing['key'][:16]}`) read {_n(st.get('documents', 0), 'document')}"
+            + (f" from {sources}" if sources else "")
+            + f" and rejected {_n(st.get('rejected', 0), 'record')}"
+            + (f" ({_counts(st['rejects_by_reason'])})" if st.get("rejects_by_reason") else "")
+            + ".",
+            "",
+        ]
+    st, cfg = prep["stats"], prep["config"]
+    out += [
+        f"The data step (`prepare` artifact `{prep['key'][:16]}`) took {st.get('input', 0):,} documents "
+        f"and kept {st.get('kept', 0):,} (train {st.get('train_docs', 0):,}, validation "
+        f"{st.get('validation_docs', 0):,}); it dropped {st.get('rejected', 0):,}:",
+        "",
+    ]
+    steps = st.get("steps")
+    if not steps:
+        return out + [
+            "This artifact does not record which of its sub-steps ran (it predates that record). "
+            f"Documents dropped by reason: {_counts(st.get('rejects_by_reason') or {}) or 'none'}.",
+        ]
+    out += ["| data step | ran | what it did |", "|---|---|---|"]
+    covered: set[str] = set()
+    for name, label in _DATA_STEPS.items():
+        s = steps.get(name)
+        if s is None:
+            continue
+        status = s["status"]
+        ran = {"ran": "yes", "off": "no: turned off in the config"}.get(status, f"no: {status}")
+        dropped = s.get("dropped") or {}
+        covered |= set(dropped)
+        if status != "ran" or (name == "normalize" and not dropped):
+            did = "—"
+        elif name.startswith("dedup"):
+            did = f"removed {_n(sum(dropped.values()), 'duplicate')}"
+        elif name == "pii":
+            pii = st.get("pii") or {}
+            did = _n(sum(pii.values()), "redaction") + (f" ({_counts(pii)})" if any(pii.values()) else "")
+        else:
+            did = f"dropped {sum(dropped.values()):,}" + (f" ({_counts(dropped)})" if dropped else "")
+        if name == "langid" and status == "ran":
+            allow = (cfg.get("langid") or {}).get("allow") or []
+            label += f" (allowed: {', '.join(allow)})" if allow else " (any language)"
+        if name == "decontaminate" and status == "ran":
+            did += f"; {_n(st.get('decontamination_ngrams', 0), 'n-gram')} of the task's items indexed"
+        out.append(f"| {label} | {ran} | {did} |")
+    other = {
+        r: n for r, n in (st.get("rejects_by_reason") or {}).items() if r not in covered and r != "dedup"
+    }
+    if other:
+        out += ["", f"Dropped outside these steps: {_counts(other)}."]
+    langs = kept_languages(prep)
+    by_lang = st.get("by_language") or {}
+    out += [
+        "",
+        "Languages of the kept documents: "
+        + (", ".join(f"{lang} ({by_lang[lang]:,})" for lang in langs) if langs else "not identified")
+        + ("." if steps.get("langid", {}).get("status") == "ran" else " (language ID did not run)."),
+    ]
+    return out
 
 
 def render_card(
@@ -38,19 +165,22 @@ def render_card(
     evaluation: dict[str, Any] | None = None,
     bias: dict[str, Any] | None = None,
     decision: dict[str, Any] | None = None,
+    store: ArtifactStore | None = None,
 ) -> str:
-    """The README.md text for one registry entry."""
+    """The README.md text for one registry entry; `store` holds the artifacts of its lineage."""
     evaluation, bias, decision = evaluation or {}, bias or {}, decision or {}
     lineage = entry.get("lineage") or {}
     cfg = lineage.get("finetune_config") or {}
     arts = lineage.get("artifacts") or {}
+    records = data_records(store, arts) if store is not None else {}
+    languages = kept_languages(records.get("prepare"))
     metrics = entry.get("metrics") or evaluation.get("metrics") or {}
     cis = evaluation.get("ci") or {}
     meta = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "license": "other",
-        "language": ["en"],
+        **({"language": languages} if languages else {}),
         "tags": ["llmflow", f"finetune-{cfg.get('method', 'unknown')}"],
         "model-index": [
             {
@@ -73,8 +203,14 @@ def render_card(
     out += [
         f"# {entry.get('name')} v{entry.get('version')}",
         "",
-        "A small causal language model pretrained from scratch and fine-tuned by llmflow on a "
-        "prompt -> response task. Aliases: " + (", ".join(entry.get("aliases") or []) or "none") + ".",
+        (
+            "A small causal language model pretrained from scratch and fine-tuned by llmflow on a "
+            if "pretrain" in arts
+            else "A causal language model fine-tuned by llmflow on a "
+        )
+        + "prompt -> response task. Aliases: "
+        + (", ".join(entry.get("aliases") or []) or "none")
+        + ".",
         "",
         "## Model details",
         "",
@@ -92,8 +228,9 @@ def render_card(
         "|---|---|",
         *[f"| {s} | `{k[:16]}` |" for s, k in sorted(arts.items())],
         "",
-        "The pretraining corpus passed llmflow's data step (normalisation, quality filters, language "
-        "ID, toxicity filter, deduplication, PII redaction, decontamination against the test set).",
+        "### Pretraining data",
+        "",
+        *_data_section(records),
         "",
         "## Training procedure",
         "",

@@ -27,6 +27,8 @@ A sub-step that raises on one document rejects it as ``error:<step>`` and the ru
 dedup index (kept ids, exact-hash keys, signatures) is saved as `dedup/index.parquet`; pass a previous
 prepare artifact as input ``previous`` to dedup new documents against everything it kept.
 Every input id ends in exactly one of train, validation or rejects (checked before publishing).
+The stats record which sub-steps ran (`steps`: status and drops by reason) and the languages kept
+(`by_language`), which the model card reports.
 """
 
 from __future__ import annotations
@@ -440,6 +442,48 @@ def _accounting(out: Path, docs_dir: Path) -> dict[str, Any]:
     }
 
 
+def _sub_step_of(reason: str) -> str | None:
+    """The per-document sub-step that rejects with `reason`; None for an empty document (after
+    normalisation, whether or not it ran) and for errors."""
+    if reason == "decontaminated":
+        return "decontaminate"
+    if reason == "filter:toxicity":
+        return "toxicity"
+    if reason.startswith(("filter:lang:", "filter:lang_score:")):
+        return "langid"
+    if reason.startswith("filter:") and reason != "filter:empty":
+        return "quality"  # filter:max_chars and the QualityFilter rules
+    return None
+
+
+def sub_steps(
+    cfg: PrepareConfig, decon_ngrams: int, rejects_by_reason: dict[str, int], dedup: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """What each sub-step did, in run order, for the records (the model card reads it):
+    `status` is "ran", "off" (turned off in the config) or "skipped: <why>"; `dropped` counts the
+    documents it rejected by reason (dedup: the duplicates removed)."""
+    enabled = {
+        "normalize": cfg.normalize.enabled,
+        "quality": cfg.quality.enabled,
+        "langid": cfg.langid.enabled,
+        "toxicity": cfg.toxicity.enabled,
+        "decontaminate": cfg.decontaminate.enabled,
+        "pii": cfg.pii.enabled,
+        "dedup_exact": cfg.dedup.exact,
+        "dedup_minhash": cfg.dedup.minhash.enabled,
+    }
+    steps = {name: {"status": "ran" if on else "off", "dropped": {}} for name, on in enabled.items()}
+    if cfg.decontaminate.enabled and not decon_ngrams:
+        steps["decontaminate"]["status"] = "skipped: no task items to check against"
+    for reason, n in rejects_by_reason.items():
+        if (name := _sub_step_of(reason)) is not None:
+            steps[name]["dropped"][reason] = n
+    for name, kind in (("dedup_exact", "exact"), ("dedup_minhash", "near")):
+        if dedup[kind]:
+            steps[name]["dropped"]["dedup"] = dedup[kind]
+    return steps
+
+
 def _report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> None:
     examples: dict[str, list[dict]] = defaultdict(list)
     for f in sorted((out / "rejects").glob("part-*.parquet")):  # streamed: rejects can be most of a corpus
@@ -718,6 +762,7 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
         raise RuntimeError(
             f"prepare accounting broken: {stats['input']} != {stats['kept']} + {stats['rejected']}"
         )
+    stats["steps"] = sub_steps(cfg, decon_ngrams, stats["rejects_by_reason"], stats["dedup"])
     _report(ctx, stats, out, cfg.examples_per_reason)
     return stats
 

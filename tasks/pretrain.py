@@ -6,10 +6,11 @@ with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint),
 
 Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
-resumes where it stopped instead of starting over; `force` starts afresh. With
-`num_processes > 1` the loop runs under `accelerate launch` as a subprocess whose output streams
-into the step's logger; its failure fails the step with the subprocess's own error. A successful
-run removes its work directory, so a forced rerun starts afresh.
+resumes where it stopped instead of starting over. A forced run (`force`) removes that directory
+first and starts from step 0 (a Prefect retry of it resumes its own checkpoints); a successful run
+removes it too. With `num_processes > 1` the loop runs under `accelerate launch` as a subprocess
+whose output streams into the step's logger; its failure fails the step with the subprocess's own
+error.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     """Pretrain the base model on packed token shards; resumes from the step's own checkpoints."""
     from model.train import train
 
+    if ctx.force and ctx.work_dir.exists():  # first, before anything can fail: step 0, not resumed
+        ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
+        shutil.rmtree(ctx.work_dir)
     cfg: PretrainConfig = ctx.config
     shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
     ckpts = ctx.work_dir / "checkpoints"

@@ -468,3 +468,32 @@ def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
     steps = [int(r["step"]) for r in csv.DictReader((out / "loss.csv").read_text().splitlines())]
     assert steps == list(range(1, 11))  # the loss curve spans both tries
     assert not Path(store.path("work", "finetune", ref.key)).exists()
+
+
+def test_forced_finetune_step_starts_from_step_0_despite_leftover_checkpoints(dirs, tmp_path):
+    from tasks.finetune import VERSION, finetune_step
+
+    store = ArtifactStore(tmp_path / "home")
+    _fake_artifact(store, "pretrain", "b" * 64, lambda out: shutil.copytree(dirs["base"], out / "model"))
+    _fake_artifact(store, "task_data", "t" * 64, lambda out: write_jsonl(out / "train.jsonl", task_rows(24)))
+    inputs = {"base": store.ref("pretrain", "b" * 64), "task": store.ref("task_data", "t" * 64)}
+    config = cfg(max_steps=10, checkpoint_every=3)
+    with pytest.raises(Killed):
+        run_step("finetune", VERSION, finetune_step, config, inputs, store=store, on_progress=kill_at(7))
+    logs: list[str] = []
+    progress: list[str] = []
+
+    class L:
+        def info(self, fmt, *a):
+            logs.append(fmt % a)
+
+        warning = debug = info
+
+    ref = run_step(
+        "finetune", VERSION, finetune_step, config, inputs, store=store, force=True, logger=L(),
+        on_progress=lambda done, total, msg: progress.append(msg),
+    )  # fmt: skip
+    assert ref.status == "ran" and ref.stats["steps"] == 10
+    assert not any("resumed from" in m for m in logs)
+    assert [int(m.split()[1]) for m in progress if m.startswith("step ")] == list(range(1, 11))
+    assert not Path(store.path("work", "finetune", ref.key)).exists()

@@ -78,3 +78,33 @@ def test_second_run_is_a_prefect_cache_hit_on_the_store_key(tmp_path):
     assert one_step_state(cfg, home) == "Completed"  # files gone: rebuilt, not served from the record
     assert len(CALLS) == 2
     assert one_step_state(cfg, home) == "Cached"
+
+
+FORCED: list[bool] = []
+
+
+def _fails_once(ctx):
+    """Records whether its run is forced; the first try fails (a retry then succeeds)."""
+    FORCED.append(ctx.force)
+    if len(FORCED) % 2:
+        raise OSError("transient")
+    return {}
+
+
+fails_once = step_task("fails_once", 1, _fails_once, retries=1, retry_delay_seconds=0)
+
+
+@flow
+def retried(config: TokenizerConfig, home: str, force: bool) -> str:
+    return fails_once(config, {}, home=home, force=force, return_state=True).name
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_retry_of_a_forced_run_resumes_its_own_first_try(tmp_path):
+    """Only a forced run's first try is told to start afresh; its retry resumes what that try left."""
+    FORCED.clear()
+    assert retried(TokenizerConfig(vocab_size=64), str(tmp_path / "a"), force=False) == "Completed"
+    assert FORCED == [False, False]
+    FORCED.clear()
+    assert retried(TokenizerConfig(vocab_size=64), str(tmp_path / "b"), force=True) == "Completed"
+    assert FORCED == [True, False]

@@ -182,6 +182,10 @@ def test_prepare_accounts_for_every_document(store, corpus):
     assert "<EMAIL>" in pii_row["text"] and "<PHONE>" in pii_row["text"] and "jane.roe" not in pii_row["text"]
     assert s["pii"]["email"] == 1 and s["pii"]["phone"] == 1
     assert s["rejects_by_reason"]["dedup"] == 2 and s["dedup"] == {**s["dedup"], "exact": 1, "near": 1}
+    assert all(step["status"] == "ran" for step in s["steps"].values())
+    assert s["steps"]["toxicity"]["dropped"] == {"filter:toxicity": 1}
+    assert s["steps"]["decontaminate"]["dropped"] == {"decontaminated": 1}
+    assert s["steps"]["dedup_exact"]["dropped"] == s["steps"]["dedup_minhash"]["dropped"] == {"dedup": 1}
     assert s["minhash"]["bands"] * s["minhash"]["rows"] <= 112
     assert {r["lang"] for r in train + val} == {"en"} and all(r["lang_score"] > 0.5 for r in train + val)
     assert all(r["q_words"] >= 50 for r in train + val)

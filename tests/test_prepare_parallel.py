@@ -194,6 +194,7 @@ def test_sharded_steps_equal_the_in_step_path(tmp_path, sources):
         assert a.equals(b), split
     assert whole.stats["decontamination_ngrams"] == sharded.stats["decontamination_ngrams"] > 0
     assert whole.stats["pii"] == sharded.stats["pii"]
+    assert whole.stats["steps"] == sharded.stats["steps"]  # the record of what ran, for the model card
     # Shards made under another per-shard config are refused, not silently mixed in.
     other = cfg.prepare.model_copy(
         update={"toxicity": cfg.prepare.toxicity.model_copy(update={"enabled": False})}

@@ -123,39 +123,64 @@ def test_pretrain_step_outputs_a_loadable_model_and_report(store, inputs):
     assert not Path(store.path("work", "pretrain", ref.key)).exists()
 
 
-def test_retried_step_resumes_from_its_checkpoints(store, inputs):
-    """A task killed after a checkpoint and run again with the same key continues from it."""
-    from model import train as train_mod
+class Killed(Exception):
+    pass
 
-    class Killed(Exception):
-        pass
+
+def killed_after_step_7(store, inputs) -> None:
+    """A run of the step killed after its step-6 checkpoint: the checkpoint stays in the work dir."""
+    from model import train as train_mod
 
     real = train_mod.train
 
-    def killed_after_step_7(*args, **kw):
+    def train(*args, **kw):
         def bomb(done, total, msg):
             if msg.startswith("step 7 "):
                 raise Killed
 
         return real(*args, **{**kw, "on_progress": bomb})
 
-    train_mod.train = killed_after_step_7
+    train_mod.train = train
     try:
         with pytest.raises(Killed):
             run_step("pretrain", VERSION, pretrain_step, cfg(), inputs, store=store)
     finally:
         train_mod.train = real
-    logs: list[str] = []
 
-    class L:
-        def info(self, fmt, *a):
-            logs.append(fmt % a)
 
-        warning = debug = info
+class Logs:
+    """A logger that keeps the formatted messages."""
 
-    ref = run_step("pretrain", VERSION, pretrain_step, cfg(), inputs, store=store, logger=L())
-    assert any("resumed from" in m and "step-00000006" in m for m in logs)
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def info(self, fmt, *a):
+        self.messages.append(fmt % a)
+
+    warning = debug = info
+
+
+def test_retried_step_resumes_from_its_checkpoints(store, inputs):
+    """A task killed after a checkpoint and run again with the same key continues from it."""
+    killed_after_step_7(store, inputs)
+    logs = Logs()
+    ref = run_step("pretrain", VERSION, pretrain_step, cfg(), inputs, store=store, logger=logs)
+    assert any("resumed from" in m and "step-00000006" in m for m in logs.messages)
     assert ref.stats["steps"] == 12
+
+
+def test_forced_step_starts_from_step_0_despite_leftover_checkpoints(store, inputs):
+    killed_after_step_7(store, inputs)
+    logs, rec = Logs(), Recorder()
+    ref = run_step(
+        "pretrain", VERSION, pretrain_step, cfg(), inputs, store=store, force=True,
+        logger=logs, on_progress=rec.on_progress,
+    )  # fmt: skip
+    assert not any("resumed from" in m for m in logs.messages)
+    steps = [int(msg.split()[1]) for _, _, msg in rec.progress if msg.startswith("step ")]
+    assert steps == list(range(1, 13))  # every step trained in this run, from the first
+    assert ref.stats["steps"] == 12
+    assert not Path(store.path("work", "pretrain", ref.key)).exists()
 
 
 def test_vocab_mismatch_between_tokenizer_and_shards_is_an_error(store, inputs, tmp_path):
