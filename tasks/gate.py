@@ -279,7 +279,7 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
     champion = reg.get(extra["champion"]) if extra.get("champion") is not None else None
     is_champion = champion is not None and champion["finetune_key"] == model_ref.key
     if is_champion:  # re-gating the champion itself: a comparison with itself means nothing
-        ctx.logger.info("the candidate is champion v%s: value thresholds only", champion["version"])
+        ctx.logger.info("the candidate is champion v%s: no champion checks", champion["version"])
         champion = None
     champion_samples = None
     if champion is not None and champion.get("eval_key"):

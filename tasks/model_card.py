@@ -254,6 +254,20 @@ def render_card(
     sig = evaluation.get("signatures") or {}
     if sig:
         out += ["", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in sig.items())]
+    refs = evaluation.get("baselines") or {}
+    if refs:
+        out += [
+            "",
+            "Against reference points on the same items (the model before fine-tuning, trivial answers):",
+            "",
+            "| answer | ROUGE-L | BLEU | chrF | exact match |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in {"this model": metrics, **refs}.items():
+            out.append(
+                f"| {name} | {_fmt(m.get('rougeL'))} | {_fmt(m.get('bleu'))} | {_fmt(m.get('chrf'))} | "
+                f"{_fmt(m.get('exact_match'))} |"
+            )
     if decision:
         out += [
             "",
@@ -262,7 +276,7 @@ def render_card(
             + (
                 f", compared with champion v{decision['champion']['version']}"
                 if decision.get("champion")
-                else ", first model (value thresholds only)"
+                else ", first model (no champion checks)"
             )
             + ".",
         ]

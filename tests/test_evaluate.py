@@ -182,7 +182,8 @@ def test_evaluate_step_end_to_end_then_gate(store, tok_dir):
     assert g.stats["passed"] and g.stats["promoted"]
     reg = Registry(store, "demo")
     assert reg.champion()["eval_key"] == ref.key
-    assert "Counterfactual consistency" in Path(reg.card_path(1)).read_text()
+    card = Path(reg.card_path(1)).read_text()
+    assert "Counterfactual consistency" in card and "| constant | " in card
 
     # a second evaluation of the same model now shows deltas against the champion (zero)
     published.clear()
