@@ -202,14 +202,19 @@ def _gate_failed(e: Any, home: str) -> None:
 PIPELINE_VERBS = {
     "run": (
         "gate",
-        "Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate.",
+        "Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate. "
+        "Exit code 3 when the gate rejects the model (the reasons are printed), 2 for a bad config.",
     ),
     "data": ("prepare", "Ingest every source and prepare the data (filters, dedup, PII, split)."),
     "tokenizer": ("tokenizer", "Train the SentencePiece tokenizer on the prepared data."),
     "pretrain": ("pretrain", "Pack token shards and pretrain the base model."),
     "finetune": ("finetune", "Fine-tune the base model (LoRA, prompt tuning or full)."),
     "evaluate": ("evaluate", "Evaluate the fine-tuned model: ROUGE, BLEU, F1, bits per byte, bias."),
-    "gate": ("gate", "Evaluate and gate: promote the model only when it beats the champion."),
+    "gate": (
+        "gate",
+        "Evaluate and gate: promote the model only when it beats the model before fine-tuning, the "
+        "task's trivial baselines and the champion. Exit code 3 when the gate rejects it.",
+    ),
 }
 
 

@@ -85,6 +85,7 @@ def test_run_exits_3_with_the_reasons_when_the_gate_fails_and_0_when_it_passes(t
     assert "gate failed: smoke v1 was not promoted" in r.stderr
     assert "does not beat name_words" in r.stderr and "decision.json" in r.stderr
     assert "│ gate" in r.stdout  # the step table is still printed
+    assert "Exit code 3 when the gate" in " ".join(_run("run", "--help").stdout.split())
     # a gate the tiny model can pass (a bound on bits per byte alone) promotes it and exits 0
     sets = ["gate.beat_base=false", "gate.beat_baselines=[]", "gate.beat_unigram_bpb=false"]
     sets.append("gate.value_thresholds=[{metric: val_bpb, max: 100}]")
