@@ -54,3 +54,14 @@ def tok_dir(tmp_path_factory):
     from tests.helpers import tiny_tokenizer_dir
 
     return tiny_tokenizer_dir(tmp_path_factory.mktemp("tok") / "tok")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name every test skipped for a missing prerequisite and how to enable it (tests/prereq.py)."""
+    from tests.prereq import summary_lines
+
+    lines = summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("skipped for missing prerequisites", sep="-", yellow=True)
+        for line in lines:
+            terminalreporter.write_line(line)

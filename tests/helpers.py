@@ -121,3 +121,26 @@ def task_rows(n: int, prefix: str = "r") -> list[dict]:
             }
         )
     return rows
+
+
+def shuffled_targets_task(store, task_ref, key: str = "shuffled-targets", seed: int = 0):
+    """A task_data artifact whose train responses are shuffled among the prompts (validation and
+    test unchanged): fine-tuning on it can learn the answers' style but nothing about the prompts."""
+    import random
+
+    from llmflow.store import StepRef
+
+    task_dir = store.local_path(task_ref)
+    train = [json.loads(line) for line in (task_dir / "train.jsonl").read_text().splitlines() if line]
+    responses = [r["response"] for r in train]
+    random.Random(seed).shuffle(responses)
+    source = (store.manifest("task_data", task_ref.key) or {}).get("config", {}).get("source")
+    manifest = {"stats": task_ref.stats, "config": {"source": source, "shuffled_from": task_ref.key}}
+    with store.write("task_data", key, manifest) as out:
+        rows = [{**r, "response": s} for r, s in zip(train, responses, strict=True)]
+        (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for split in ("validation", "test"):
+            (out / f"{split}.jsonl").write_text((task_dir / f"{split}.jsonl").read_text())
+    ref = store.ref("task_data", key)
+    assert isinstance(ref, StepRef)
+    return ref

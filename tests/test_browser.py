@@ -27,6 +27,7 @@ from tests.livestack import (
     tail,
     wait_run,
 )
+from tests.prereq import skip_missing
 
 pytestmark = pytest.mark.slow
 FLAGS = [
@@ -43,9 +44,11 @@ SHOTS = Path(os.environ.get("LLMFLOW_SCREENSHOTS") or tempfile.mkdtemp(prefix="l
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    reason = missing_prerequisite() or (None if chromium() else "no chromium: apt-get install chromium")
+    reason = missing_prerequisite()
     if reason:
-        pytest.skip(reason)
+        skip_missing("the llmflow and prefect commands", reason)
+    if not chromium():
+        skip_missing("Chromium", "apt-get install chromium")
     srv = LlmflowServer(tmp_path_factory.mktemp("ui"), os.environ["LLMFLOW_HOME"]).start()
     try:
         # A changed parameter, as a person would try: fine-tuning and what follows it run again

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from deployments.feedback import FeedbackStore, ThresholdPolicy, normalize_rating, resolve_url
 from llmflow.config import ServeConfig
 from llmflow.store import ArtifactStore
+from tests.prereq import skip_missing
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -39,7 +40,7 @@ def backend(request, tmp_path):
         return
     reason = _pg_reason()
     if reason:
-        pytest.skip(reason)
+        skip_missing("PostgreSQL", f"start it on 127.0.0.1:5432 with trust auth ({reason})")
     yield PG_URL, prefix
     FeedbackStore(PG_URL, prefix=prefix).drop()
 

@@ -8,7 +8,6 @@ and gated; each must fail, for the reason that names what is wrong with it.
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
@@ -20,6 +19,7 @@ from tasks import evaluate as E
 from tasks import finetune as F
 from tasks import gate as G
 from tasks import pretrain as P
+from tests.helpers import shuffled_targets_task
 
 GATES = {
     "default": GateConfig(),
@@ -97,17 +97,7 @@ def test_the_pretrained_model_without_fine_tuning_is_rejected(upstream):
 
 def test_a_fine_tune_on_shuffled_targets_is_rejected(upstream):
     cfg, store, refs = upstream
-    task_dir = store.local_path(refs["task_data"])
-    train = [json.loads(line) for line in (task_dir / "train.jsonl").read_text().splitlines() if line]
-    responses = [r["response"] for r in train]
-    random.Random(0).shuffle(responses)
-    with store.write("task_data", "shuffled-targets", {"stats": refs["task_data"].stats}) as out:
-        (out / "train.jsonl").write_text(
-            "".join(json.dumps({**r, "response": s}) + "\n" for r, s in zip(train, responses, strict=True))
-        )
-        for split in ("validation", "test"):
-            (out / f"{split}.jsonl").write_text((task_dir / f"{split}.jsonl").read_text())
-    shuffled = store.ref("task_data", "shuffled-targets")
+    shuffled = shuffled_targets_task(store, refs["task_data"])
     tuned = run_step(
         "finetune",
         F.VERSION,

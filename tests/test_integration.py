@@ -39,6 +39,7 @@ from tests.livestack import (
     wait_for,
     wait_run,
 )
+from tests.prereq import skip_missing
 
 pytestmark = pytest.mark.slow
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -48,7 +49,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def stack(tmp_path_factory):
     reason = missing_prerequisite()
     if reason:
-        pytest.skip(reason)
+        skip_missing("the llmflow and prefect commands", reason)
     work = tmp_path_factory.mktemp("stack")
     srv = LlmflowServer(work, os.environ["LLMFLOW_HOME"]).start()
     try:
@@ -333,7 +334,7 @@ def _pg_admin():
     try:
         return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except Exception as e:
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} is not reachable: {str(e).splitlines()[0]}")
+        skip_missing("PostgreSQL", f"start it on 127.0.0.1:5432 with trust auth ({str(e).splitlines()[0]})")
 
 
 def test_server_on_postgresql_with_deploy_and_a_process_worker(stack, pipeline_run, tmp_path):
