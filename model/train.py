@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -293,6 +294,7 @@ def train(
         )  # fmt: skip
 
     model.train()
+    seen = hashlib.sha256()  # this process's batches, to show that replicas saw different data
     t_start = time.time() - elapsed
     window_t, window_tok = time.time(), 0
     last_val: dict[str, float] | None = None
@@ -306,6 +308,7 @@ def train(
         loss_sum = torch.zeros((), device=acc.device)
         for micro in range(cfg.grad_accum):
             x, y = data.batch(step, micro)
+            seen.update(x.numpy().tobytes())
             with acc.accumulate(model):
                 logits = model(input_ids=x.to(acc.device)).logits
                 loss = torch.nn.functional.cross_entropy(
@@ -382,6 +385,7 @@ def train(
         "energy_wh": watts * acc.num_processes * train_seconds / 3600,
         "watts_assumed": watts * acc.num_processes,
         "num_processes": acc.num_processes,
+        "replicas": _replicas(acc, raw, seen.hexdigest()),
         "mixed_precision": precision,
         "arch": cfg.arch,
         "preset": cfg.preset,
@@ -398,6 +402,21 @@ def train(
         say(f"done: {step} steps, {tokens:,} tokens, val_bpb {final['bpb']:.4f}, {tps:,.0f} tok/s")
     acc.wait_for_everyone()
     return metrics
+
+
+def _replicas(acc, model, data_sha: str) -> list[dict[str, Any]]:
+    """Per process: a digest of the batches it trained on and of its final weights. Data-parallel
+    replicas must differ in the first and agree in the second (the gradients were all-reduced)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    mine = {"rank": acc.process_index, "data_sha256": data_sha, "weights_sha256": h.hexdigest()}
+    if acc.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return sorted(gather_object([mine]), key=lambda r: r["rank"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -211,7 +211,7 @@ def test_full_finetune_trains_every_weight(dirs, tmp_path):
 
 def test_max_seconds_stops_training_early(dirs):
     result, _, _ = ft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=10_000, max_seconds=1.0))
-    assert 1 <= result.stats["steps"] < 10_000 and result.stats["seconds"] < 10
+    assert 1 <= result.stats["steps"] < 10_000 and result.stats["seconds"] >= 1.0
 
 
 # --------------------------------------------------------------------------- checkpoints, resume

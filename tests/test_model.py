@@ -253,7 +253,8 @@ def test_max_seconds_stops_on_the_wall_clock(tmp_path, shards):
     cfg = tiny_cfg(max_steps=100_000, max_seconds=2.0, gradient_checkpointing=True, mixed_precision="bf16")
     m = train(cfg, shards, tmp_path / "t", log=lambda m: None)
     assert m["mixed_precision"] == "bf16"  # CPU autocast in bf16; gradient checkpointing on
-    assert 0 < m["steps"] < 100_000 and m["seconds"] < 10
+    # it stopped on the budget (not on max_steps), having used it
+    assert 0 < m["steps"] < 100_000 and m["seconds"] >= 2.0
 
 
 def test_torch_compile_option_trains_and_saves_a_loadable_model(tmp_path, shards):

@@ -200,6 +200,10 @@ def test_two_processes_under_accelerate_launch(store, inputs):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2
     assert metrics["tokens"] == 6 * 4 * 32 * 2  # both ranks' batches count
+    r0, r1 = metrics["replicas"]
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    assert r0["data_sha256"] != r1["data_sha256"]  # each process trained on its own batches
+    assert r0["weights_sha256"] == r1["weights_sha256"]  # and ended with the same weights
     assert rec.progress and rec.progress[-1][0] == pytest.approx(1.0)  # streamed from the subprocess
     assert (out / "model" / "model.safetensors").exists()
 
