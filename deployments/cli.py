@@ -488,9 +488,13 @@ def serve(
     """Serve the champion model over HTTP: /generate, /feedback, /health, /model."""
     cfg = _config(config, set)
     home = _home(home)
+    from deployments.service import BindError
     from deployments.service import run as run_service
 
-    run_service(cfg, host=host, port=port, home=home)
+    try:
+        run_service(cfg, host=host, port=port, home=home)
+    except BindError as e:
+        _fail(str(e))
 
 
 def main() -> None:

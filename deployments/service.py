@@ -9,11 +9,16 @@ Endpoints (JSON; all but /health take `Authorization: Bearer <token>` when a tok
                      rating: scale "thumbs" (default) takes -1, 0, 1; scale "stars" takes 1..5.
     GET  /feedback/stats   feedback not yet used by a retrain, and the pending retrain
     GET  /model      the served champion (version, path, when loaded)
-    GET  /health     liveness: 200 while the process runs, with whether a model is loaded
+    GET  /health     liveness: 200 while the process runs, whether a model is loaded, and
+                     whether retrains can be handed to Prefect (`retrain: {enabled, reason}`)
 
 Errors are 4xx with a `detail` that says why: 401 (token), 404 (unknown generation id),
 409 (generation/version mismatch), 413 (body, prompt or answer over its limit), 422 (invalid
-fields, max_new_tokens over the limit, an unknown model version); 503 when no champion is loaded.
+fields, max_new_tokens over the limit, an unknown model version), 429 (a client's feedback over
+its rate, with Retry-After); 503 when no champion is loaded.
+
+Safe by default: `run` binds loopback unless told otherwise, and refuses any other address
+without a token (`BindError`, exit code 2 from `llmflow serve`).
 
 The model comes from a pluggable source, a callable returning `(version, model_dir)` or None
 (by default the registry's champion). It is asked at most every `reload_interval_seconds`, by a
@@ -24,15 +29,20 @@ Feedback goes to the durable store (llmflow/feedback.py). Each item emits
 `llmflow.feedback.received`; when the new feedback passes the threshold, the service claims a
 retrain, exports the examples as a `feedback` artifact and emits
 `llmflow.feedback.threshold_reached` on resource `llmflow.model.<name>`, which the `finetune`
-deployment's trigger picks up. The emitter is injectable (tests capture events).
+deployment's trigger picks up. It does so only while a Prefect server with that trigger is there
+(deployments/handoff.py, checked at start-up, every `retrain_check_seconds` and at each claim);
+otherwise feedback is stored unclaimed for a later retrain. The emitter and the check are
+injectable (tests capture events).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
-import json
+import ipaddress
 import logging
+import math
 import os
 import threading
 import time
@@ -40,10 +50,12 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.handoff import Check, Handoff, prefect_api_url, prefect_check
+from deployments.limits import BodyLimit, RateLimit
 from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
 from llmflow.feedback import FeedbackStore, ThresholdPolicy
@@ -69,9 +81,42 @@ def registry_source(name: str, store: ArtifactStore | None = None) -> ModelSourc
 
 
 def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any]) -> Any:
+    """Emit to the Prefect server at PREFECT_API_URL; without one, nothing (never a temporary server)."""
+    if prefect_api_url() is None:
+        return None
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload)
+
+
+class BindError(ValueError):
+    """An address the service may not bind as configured (the message says what to change)."""
+
+
+def serve_token(cfg: ServeConfig) -> str | None:
+    """The bearer token: $LLMFLOW_SERVE_TOKEN, else `serve.token`; blank counts as none."""
+    token = os.environ.get("LLMFLOW_SERVE_TOKEN") or cfg.token
+    return token if token and token.strip() else None
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; every other address or name can be reached from elsewhere."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Raise BindError for an address other hosts can reach when no token guards it."""
+    if token is None and not is_loopback(host):
+        raise BindError(
+            f"refusing to serve on {host} without a token: set LLMFLOW_SERVE_TOKEN (or serve.token), "
+            "or bind 127.0.0.1"
+        )
 
 
 class Champion:
@@ -194,58 +239,6 @@ class FeedbackRequest(BaseModel):
 # --------------------------------------------------------------------------- the app
 
 
-class BodyLimit:
-    """413 for a request body over `limit` bytes, by Content-Length or by counting a chunked one."""
-
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                return await self._reject(send)
-            return await self.app(scope, receive, send)
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        body, more = b"", True  # chunked: read it here, bounded, then replay it
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await self._reject(send)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    async def _reject(self, send):
-        detail = json.dumps({"detail": f"request body over the limit of {self.limit} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(detail)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": detail})
-
-
 def create_app(
     settings: ServeConfig | PipelineConfig | None = None,
     *,
@@ -254,11 +247,13 @@ def create_app(
     model_source: ModelSource | None = None,
     feedback: FeedbackStore | None = None,
     emit: Emitter | None = None,
+    retrain_check: Check | None = None,
     device: str | None = None,
 ) -> FastAPI:
     """The service. Defaults: the registry's champion of `name`, the feedback store of
-    `settings.feedback_url` (or $LLMFLOW_FEEDBACK_URL, or SQLite under LLMFLOW_HOME), and Prefect
-    events. Tests pass their own `model_source`, `feedback` and `emit`."""
+    `settings.feedback_url` (or $LLMFLOW_FEEDBACK_URL, or SQLite under LLMFLOW_HOME), Prefect
+    events, and the Prefect server's automations to decide whether a retrain can be handed off.
+    Tests pass their own `model_source`, `feedback`, `emit` and `retrain_check`."""
     if isinstance(settings, PipelineConfig):
         name = name or settings.name
         settings = settings.serve
@@ -267,8 +262,10 @@ def create_app(
     store = ArtifactStore(home)
     fb = feedback or FeedbackStore(cfg.feedback_url, home=home)
     emit = emit or prefect_emitter
-    token = os.environ.get("LLMFLOW_SERVE_TOKEN") or cfg.token
+    token = serve_token(cfg)
     policy = ThresholdPolicy.from_config(cfg)
+    handoff = Handoff(retrain_check or prefect_check(name), cfg.retrain_check_seconds)
+    limiter = RateLimit(cfg.feedback_per_minute, cfg.feedback_burst) if cfg.feedback_per_minute else None
     resource = {"prefect.resource.id": events.resource_id("model", name), "prefect.resource.name": name}
 
     def champion_changed(version: str) -> None:
@@ -297,10 +294,16 @@ def create_app(
     async def lifespan(app: FastAPI):
         stop = threading.Event()
         champion.refresh(force=True)
+        handoff.refresh(force=True)
 
         def poll():
+            if handoff.enabled:
+                maybe_retrain()  # feedback kept while retrains were off may be due now
             while not stop.wait(max(cfg.reload_interval_seconds, 0.5)):
                 champion.refresh()
+                was = handoff.enabled
+                if handoff.refresh() and not was:
+                    maybe_retrain()
 
         poller = threading.Thread(target=poll, name="champion-poller", daemon=True)
         poller.start()
@@ -315,6 +318,7 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
     app.state.champion, app.state.feedback, app.state.settings, app.state.name = champion, fb, cfg, name
+    app.state.handoff = handoff
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -327,6 +331,24 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
+    def feedback_rate(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """429 when this client's feedback is over its rate. A client is its remote address (the
+        forwarded one behind a trusted proxy) together with the bearer token it presented."""
+        if limiter is None:
+            return
+        client = request.client.host if request.client else "unknown"
+        if creds is not None:
+            client = hashlib.sha256(creds.credentials.encode()).hexdigest()[:16] + "@" + client
+        wait = limiter.take(client)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too much feedback from this client: the limit is {limiter.per_minute:g} per minute "
+                f"after a burst of {limiter.burst}; retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+
     def too_long(field: str, text: str | None, limit: int) -> None:
         if text is not None and len(text) > limit:
             raise HTTPException(
@@ -336,7 +358,12 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model_loaded": champion.model is not None, "model_version": champion.version}
+        return {
+            "status": "ok",
+            "model_loaded": champion.model is not None,
+            "model_version": champion.version,
+            "retrain": {"enabled": handoff.enabled, "reason": handoff.reason},
+        }
 
     @app.get("/model", dependencies=[Depends(authorized)])
     def model_info() -> dict[str, Any]:
@@ -378,7 +405,11 @@ def create_app(
         gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})
         return GenerateResponse(id=gid, text=text, model_version=version)
 
-    @app.post("/feedback", status_code=status.HTTP_201_CREATED, dependencies=[Depends(authorized)])
+    @app.post(
+        "/feedback",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[Depends(authorized), Depends(feedback_rate)],
+    )
     def post_feedback(req: FeedbackRequest) -> dict[str, Any]:
         for field in ("prompt", "response"):
             too_long(
@@ -431,8 +462,13 @@ def create_app(
         return {"id": fid, "retrain": maybe_retrain()}
 
     def maybe_retrain() -> dict[str, Any] | None:
+        if not handoff.enabled:
+            return None  # no one would start it: the feedback stays unclaimed for a later retrain
         claim = fb.claim_retrain(policy, name)
         if claim is None:
+            return None
+        if not handoff.refresh(force=True):  # the server or its automation went away since
+            fb.release_retrain(claim["id"], note=f"retrains off: {handoff.reason}")
             return None
         try:
             export = fb.export(store, claim["id"])
@@ -462,7 +498,7 @@ def create_app(
 
     @app.get("/feedback/stats", dependencies=[Depends(authorized)])
     def feedback_stats() -> dict[str, Any]:
-        return {**fb.stats(name), "policy": dataclasses.asdict(policy)}
+        return {**fb.stats(name), "policy": dataclasses.asdict(policy), "retrain": handoff.as_dict()}
 
     return app
 
@@ -476,14 +512,22 @@ def run(
     name: str | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve until interrupted (`llmflow serve`)."""
+    """Serve until interrupted (`llmflow serve`). Raises BindError, before loading anything, for
+    an address other than loopback without a token."""
     import uvicorn
 
     if isinstance(config, PipelineConfig):
         name = name or config.name
         config = config.serve
     cfg = config or ServeConfig()
-    if not os.environ.get("PREFECT_API_URL"):
-        log.warning("PREFECT_API_URL is not set: feedback events will not reach a Prefect server")
+    host = host or cfg.host
+    check_bind(host, serve_token(cfg))
+    logger = logging.getLogger("llmflow")
+    if not logger.handlers:  # the service's own lines (champion, retrains) beside uvicorn's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(log_level.upper())
+        logger.propagate = False
     app = create_app(cfg, name=name, home=home)
-    uvicorn.run(app, host=host or cfg.host, port=port or cfg.port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port or cfg.port, log_level=log_level)

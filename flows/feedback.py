@@ -8,13 +8,16 @@ The `finetune` deployment runs this flow. Its trigger (deployments/serve.py) fil
 `preferences_path` and `retrain_id` from the `llmflow.feedback.threshold_reached` event the
 service emits; started by hand without them, it fine-tunes on the task data alone. The held-out
 splits stay the task's own, so the gate compares the candidate with the champion on the same
-items. The retrain the service claimed ends here: `done` when the gate passed, `failed` when it
-failed or the flow raised. Its feedback stays taken either way, so a failed gate does not
-start the same retrain again; only new feedback, after the cooldown, does.
+items, and feedback that overlaps them is rejected with the check `prepare` uses
+(`prepare.decontaminate`; tasks/feedback.py). The retrain the service claimed ends here: `done`
+when the gate passed; `failed`, with the champion left serving, when the gate failed or anything
+raised, and then the flow run ends Failed. Its feedback stays taken either way, so a failed
+gate does not start the same retrain again; only new feedback, after the cooldown, does.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -49,10 +52,22 @@ def finetune_on_feedback(
     if sft_path or preferences_path:
         task = run(
             feedback_data,
-            {"sft_path": sft_path, "preferences_path": preferences_path, "repeat": tuning.repeat},
+            {
+                "sft_path": sft_path,
+                "preferences_path": preferences_path,
+                "repeat": tuning.repeat,
+                "decontaminate": config.prepare.decontaminate.model_dump(mode="json"),
+            },
             extra=feedback_fingerprint(sft_path, preferences_path),
             task=upstream["task_data"],
         )
+        if task.stats.get("rejected"):
+            get_run_logger().warning(
+                "feedback: %s items rejected %s (see rejects.jsonl of feedback_data %s)",
+                task.stats["rejected"],
+                task.stats["rejects_by_reason"],
+                task.key[:12],
+            )
     tuned = run(finetune, config.finetune, base=base, task=task)
     pairs = task.stats.get("preference_pairs", 0) if task.step == "feedback_data" else 0
     if tuning.dpo and pairs >= tuning.min_pairs:
@@ -88,27 +103,43 @@ def feedback_finetune(
     logger = get_run_logger()
     store = FeedbackStore(config.serve.feedback_url, home=home) if retrain_id is not None else None
     try:
-        summary = finetune_on_feedback(config, sft_path, preferences_path, tuning, force, home)
-    except BaseException as e:
+        try:
+            summary = finetune_on_feedback(config, sft_path, preferences_path, tuning, force, home)
+            decision = summary["gate"]["stats"]
+            if not decision["passed"]:
+                raise GateFailed("; ".join(decision["reasons"]) or "no reason given")
+        except BaseException as e:  # the gate task raising lands here too: the champion stays
+            note = str(e) if isinstance(e, GateFailed) else f"the flow failed: {type(e).__name__}: {e}"
+            _finish(store, retrain_id, "failed", note, logger)
+            raise
+        note = f"gate passed: version {decision['version']}" + (" promoted" if decision["promoted"] else "")
+        _finish(store, retrain_id, "done", note, logger)
+    finally:
         if store is not None:
-            store.finish_retrain(retrain_id, "failed", note=f"the flow failed: {type(e).__name__}: {e}")
             store.close()
-        raise
-    decision = summary["gate"]["stats"]
-    if store is not None:
-        if decision["passed"]:
-            note = f"gate passed: version {decision['version']}" + (
-                " promoted" if decision["promoted"] else ""
-            )
-            store.finish_retrain(retrain_id, "done", note=note)
-        else:
-            store.finish_retrain(retrain_id, "failed", note="gate failed: " + "; ".join(decision["reasons"]))
-        store.close()
     logger.info(
-        "retrain %s: gate %s, version %s%s",
+        "retrain %s: gate passed, version %s%s",
         retrain_id,
-        "passed" if decision["passed"] else "failed",
         decision["version"],
         " promoted to champion" if decision["promoted"] else "",
     )
     return summary
+
+
+class GateFailed(RuntimeError):
+    """The candidate did not pass the gate: the flow run ends Failed with the gate's reasons."""
+
+    def __init__(self, reasons: str):
+        super().__init__(f"gate failed: {reasons}")
+
+
+def _finish(
+    store: FeedbackStore | None, retrain_id: int | None, status: str, note: str, logger: logging.LoggerAdapter
+) -> None:
+    """Close the claimed retrain; a store that cannot be written must not hide the run's outcome."""
+    if store is None:
+        return
+    try:
+        store.finish_retrain(retrain_id, status, note=note)
+    except Exception as e:  # the retrain then ends by its timeout; the run's own state still tells
+        logger.error("could not mark retrain %s %s: %s", retrain_id, status, e)

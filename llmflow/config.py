@@ -490,18 +490,30 @@ class ServeConfig(Section):
     LLMFLOW_FEEDBACK_URL), which keeps them out of presets and Prefect parameter forms.
     """
 
-    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind; anything but loopback (0.0.0.0 in a container) needs a token.",
+    )
     port: int = Field(default=8000, ge=1, le=65_535)
     token: str | None = Field(
         default=None,
-        description="Bearer token required by /generate, /feedback and /model (None = open). "
-        "LLMFLOW_SERVE_TOKEN overrides it.",
+        description="Bearer token required by /generate, /feedback and /model (None = open, allowed on "
+        "loopback only). LLMFLOW_SERVE_TOKEN overrides it.",
     )
     max_prompt_chars: int = Field(default=4000, ge=1, le=1_000_000, description="Longer prompts get 413.")
     max_feedback_chars: int = Field(
         default=8000, ge=1, le=1_000_000, description="Limit for a correction or preferred answer (413)."
     )
     max_body_bytes: int = Field(default=262_144, ge=1024, description="Larger request bodies get 413.")
+    feedback_per_minute: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="Feedback requests one client may send per minute, after its burst (None = no "
+        "limit); more get 429 with Retry-After. A client is its remote address and bearer token.",
+    )
+    feedback_burst: int = Field(
+        default=20, ge=1, description="Feedback requests one client may send at once before the rate applies."
+    )
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Largest max_new_tokens accepted.")
     default_new_tokens: int = Field(default=64, ge=1, le=8192, description="When a request names none.")
     feedback_url: str | None = Field(
@@ -526,6 +538,12 @@ class ServeConfig(Section):
         default=10.0,
         ge=0,
         description="How often to ask the registry for a new champion (0 = every request).",
+    )
+    retrain_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often to re-check that the Prefect server at PREFECT_API_URL has the automation "
+        "that runs `finetune` on this model's feedback event; without it no retrain is claimed.",
     )
 
 

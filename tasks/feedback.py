@@ -9,6 +9,10 @@ has the task_data layout, so `finetune` and `evaluate` read it like any task dat
   the same held-out set as the champion, and the gate's comparison stays paired;
 * a correction whose prompt is a held-out (validation/test) prompt is rejected (`heldout`):
   training on it would leak the test set into the model that is then scored on it;
+* a correction or preference pair that shares a word n-gram with a held-out prompt or response
+  is rejected (`decontaminated`): the same check, index and settings (`prepare.decontaminate`)
+  as `prepare` applies to pretraining documents (tasks/decontaminate.py), so a pasted test
+  answer with a few words changed does not get in either;
 * a correction of a training prompt replaces that row's response (feedback is newer);
 * of several corrections of one prompt the latest wins (`duplicate` for the others);
 * each feedback example is repeated `repeat` times: a few corrections among hundreds of task
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmflow.step import StepContext
 from tasks.common import step_task
+from tasks.decontaminate import Decontaminator
 
 DATA_VERSION = 1
 DPO_VERSION = 1
@@ -97,10 +102,20 @@ def merge_feedback(
     sft: list[dict[str, Any]],
     prefs: list[dict[str, Any]],
     repeat: int = 1,
+    decon: Decontaminator | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(splits, preference triples, rejects, counts): the rules in the module docstring."""
+    """(splits, preference triples, rejects, counts): the rules in the module docstring. `decon`
+    indexes the held-out splits (None: the exact prompt check only)."""
     heldout = {_norm(r["prompt"]) for s in HELDOUT for r in task[s] if isinstance(r.get("prompt"), str)}
     rejects: list[dict[str, Any]] = []
+
+    def contaminated(r: dict[str, Any], *keys: str) -> int:
+        """Shared n-grams of the item's texts, as one document (0 when it may be trained on)."""
+        if decon is None:
+            return 0
+        keep, _, _, found = decon("\n\n".join(r[k] for k in keys))
+        return 0 if keep else found
+
     latest: dict[str, dict[str, Any]] = {}
     for i, r in enumerate(sft):
         rid = str(r.get("id", f"sft-{i}"))
@@ -108,6 +123,8 @@ def merge_feedback(
             rejects.append({"id": rid, "kind": "sft", "reason": "invalid:missing_text"})
         elif _norm(r["prompt"]) in heldout:
             rejects.append({"id": rid, "kind": "sft", "reason": "heldout"})
+        elif found := contaminated(r, "prompt", "response"):
+            rejects.append({"id": rid, "kind": "sft", "reason": "decontaminated", "matches": found})
         else:
             key = _norm(r["prompt"])
             if key in latest:
@@ -130,6 +147,8 @@ def merge_feedback(
             rejects.append({"id": rid, "kind": "preference", "reason": "invalid:same_answers"})
         elif _norm(r["prompt"]) in heldout:
             rejects.append({"id": rid, "kind": "preference", "reason": "heldout"})
+        elif found := contaminated(r, "prompt", "chosen", "rejected"):
+            rejects.append({"id": rid, "kind": "preference", "reason": "decontaminated", "matches": found})
         else:
             triples.append({k: r[k] for k in ("prompt", "chosen", "rejected")} | {"id": rid})
     counts = {"feedback_examples": len(latest), "replaced": replaced, "preference_pairs": len(triples)}
@@ -142,7 +161,13 @@ def feedback_data_step(ctx: StepContext) -> dict[str, Any]:
     task_dir = ctx.input_path("task")
     task = {s: read_jsonl(str(task_dir / f"{s}.jsonl")) for s in ("train", *HELDOUT)}
     sft, prefs = read_jsonl(cfg.get("sft_path")), read_jsonl(cfg.get("preferences_path"))
-    splits, triples, rejects, counts = merge_feedback(task, sft, prefs, cfg.get("repeat", 1))
+    d = cfg["decontaminate"]  # prepare.decontaminate: feedback is screened like training data
+    decon = (
+        Decontaminator.from_task_dir(task_dir, d["ngram"], d["splits"], d["min_matches"], d["min_words"])
+        if d["enabled"]
+        else None
+    )
+    splits, triples, rejects, counts = merge_feedback(task, sft, prefs, cfg.get("repeat", 1), decon)
     if not splits["train"]:
         raise ValueError("feedback_data: the merged train split is empty")
     for s, rows in splits.items():
@@ -158,13 +183,21 @@ def feedback_data_step(ctx: StepContext) -> dict[str, Any]:
         "repeat": cfg.get("repeat", 1),
         "rejected": len(rejects),
         "rejects_by_reason": by_reason,
+        "decontamination_ngrams": len(decon) if decon is not None else 0,
     }
+    screened = (
+        f"{len(decon):,} word {d['ngram']}-grams of the {' and '.join(d['splits'])} splits, as `prepare` "
+        "screens pretraining data"
+        if decon is not None
+        else "exact held-out prompts only (`prepare.decontaminate.enabled` is false)"
+    )
     ctx.report(
         "# Feedback data\n\n"
         f"- corrections merged into train: {counts['feedback_examples']} (x{stats['repeat']}), "
         f"replacing {counts['replaced']} task answers\n"
         f"- preference pairs: {counts['preference_pairs']}\n"
         f"- rejected: {len(rejects)} {by_reason or ''}\n"
+        f"- held-out check: {screened}\n"
         f"- splits: {stats['train']} train, {stats['validation']} validation, {stats['test']} test "
         "(held-out splits unchanged, so the gate compares like with like)\n\n"
         f"Sources: `{cfg.get('sft_path')}`, `{cfg.get('preferences_path')}`\n"

@@ -2,7 +2,9 @@
 
 Each check ties two places together: a URL's host to a service, its credentials to the
 database's, a healthcheck's port to the port the command listens on, an environment variable's
-name to the Prefect setting that reads it.
+name to the Prefect setting that reads it. And the door is locked: every secret must be given
+(compose refuses to start without it, no default password), and published ports bind loopback
+unless LLMFLOW_BIND says otherwise.
 """
 
 from __future__ import annotations
@@ -16,22 +18,50 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"postgres", "prefect-server", "deploy", "worker", "serve"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-Secret-1",
+    "LLMFLOW_SERVE_TOKEN": "serve-secret-2",
+    "PREFECT_API_AUTH_STRING": "admin:prefect-secret-3",
+}
+VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
-def _interpolate(value):
-    """Compose's `${VAR:-default}` with no VAR set (the defaults a fresh checkout runs with)."""
+class Missing(ValueError):
+    """What `docker compose` says when a required variable is not set."""
+
+
+def _interpolate(value, env: dict[str, str]):
+    """Compose's interpolation with `env` as the environment: `${VAR}`, `${VAR:-default}`,
+    `${VAR-default}`, and `${VAR:?error}` / `${VAR?error}`, which refuse to start without VAR."""
     if isinstance(value, str):
-        return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+        def one(m: re.Match) -> str:
+            name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+            given = env.get(name)
+            unset = given is None or (op.startswith(":") and given == "")
+            if op.endswith("?") and unset:
+                raise Missing(f"required variable {name} is missing a value: {arg}")
+            if op.endswith("-") and unset:
+                return arg
+            return given or ""
+
+        return VARIABLE.sub(one, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v) for k, v in value.items()}
+        return {k: _interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v) for v in value]
+        return [_interpolate(v, env) for v in value]
     return value
 
 
 @pytest.fixture(scope="module")
-def compose():
-    return _interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+def raw():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw):
+    """The stack as compose runs it with the secrets given and nothing else set."""
+    return _interpolate(raw, SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +110,7 @@ def test_healthchecks_probe_the_ports_the_commands_listen_on(services):
     assert serve[:2] == ["llmflow", "serve"] and _flag(serve, "--host") == "0.0.0.0"
     url = urlsplit(_health_url(services["serve"]))
     assert url.port == int(_flag(serve, "--port")) and url.path == "/health"
-    assert f"{url.port}:{url.port}" in services["serve"]["ports"]
+    assert [p.split(":", 1)[1] for p in services["serve"]["ports"]] == [f"{url.port}:{url.port}"]
     worker = _cmd(services["worker"])
     assert "--with-healthcheck" in worker and _flag(worker, "--type") == "process"
     url = urlsplit(_health_url(services["worker"]))
@@ -150,6 +180,80 @@ def test_clients_reach_the_server_and_share_llmflow_home(compose, services):
     assert set(compose["volumes"]) == {"pgdata", "llmflow-home"}
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "LLMFLOW_SERVE_TOKEN" in _env(services["serve"])
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _required(raw) -> dict[str, set[str]]:
+    """Variable -> the operators compose applies to it anywhere in the file."""
+    found: dict[str, set[str]] = {}
+    for text in _strings(raw):
+        for m in VARIABLE.finditer(text):
+            found.setdefault(m.group(1), set()).add(m.group(2) or "")
+    return found
+
+
+def test_every_secret_must_be_given_and_has_no_default(raw):
+    ops = _required(raw)
+    for name in SECRETS:  # required wherever it is used: `:?`, so an empty value fails too
+        assert ops[name] == {":?"}, f"{name} is used as {ops[name]}"
+    for name in SECRETS:
+        with pytest.raises(Missing, match=f"required variable {name} is missing a value: set {name}"):
+            _interpolate(raw, {k: v for k, v in SECRETS.items() if k != name})
+        with pytest.raises(Missing, match=name):
+            _interpolate(raw, {**SECRETS, name: ""})
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert ":llmflow@" not in text and "PASSWORD:-" not in text and "TOKEN:-" not in text
+
+
+def test_the_secrets_reach_every_service_that_needs_them(services, monkeypatch):
+    pg = _env(services["postgres"])
+    assert pg["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    for name in ("prefect-server", "deploy", "worker", "serve"):
+        env = _env(services[name])
+        urls = [v for k, v in env.items() if k.endswith("_URL") and "@postgres:" in v]
+        assert urls and all(urlsplit(u).password == SECRETS["POSTGRES_PASSWORD"] for u in urls), name
+    assert _env(services["serve"])["LLMFLOW_SERVE_TOKEN"] == SECRETS["LLMFLOW_SERVE_TOKEN"]
+    # the server asks for the auth string its clients send; read back through Prefect's settings
+    from prefect.settings.models.api import APISettings
+    from prefect.settings.models.server.api import ServerAPISettings
+
+    for key, value in _env(services["prefect-server"]).items():
+        monkeypatch.setenv(key, value)
+    expected = SECRETS["PREFECT_API_AUTH_STRING"]
+    assert ServerAPISettings().auth_string.get_secret_value() == expected
+    for name in ("deploy", "worker", "serve"):
+        for key, value in _env(services[name]).items():
+            monkeypatch.setenv(key, value)
+        assert APISettings().auth_string.get_secret_value() == expected, name
+
+
+def test_published_ports_bind_loopback_unless_told(raw, services):
+    from deployments.service import BindError, check_bind
+
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"prefect-server", "serve"}  # PostgreSQL, the worker: inside only
+    for name, ports in published.items():
+        for port in ports:
+            ip, host_port, container_port = port.rsplit(":", 2)
+            assert ip == "127.0.0.1" and host_port == container_port, (name, port)
+    opened = _interpolate(raw, {**SECRETS, "LLMFLOW_BIND": "0.0.0.0"})["services"]
+    for name in published:
+        assert all(p.startswith("0.0.0.0:") for p in opened[name]["ports"]), name
+    # inside its container the service binds 0.0.0.0: allowed only because a token is required
+    serve = services["serve"]
+    check_bind(_flag(_cmd(serve), "--host"), _env(serve)["LLMFLOW_SERVE_TOKEN"])
+    with pytest.raises(BindError):
+        check_bind(_flag(_cmd(serve), "--host"), None)
 
 
 def test_dockerfile_installs_cpu_torch_first_and_copies_every_package():

@@ -3,8 +3,10 @@ as separate processes on loopback, each wait bounded.
 
 One `llmflow server` (SQLite, smoke preset) is shared by the module. On it: the `pipeline`
 deployment runs to Completed; every scheduled deployment carries its schedule; the UI is told
-its own API address; feedback posted to `llmflow serve` past the threshold makes the automation
-start the `finetune` deployment, which completes, promotes, and is served; a transient step
+its own API address; the service hands retrains only to a server whose automation runs
+`finetune` for its model; feedback posted to `llmflow serve` past the threshold emits the event
+(read back from the server) that makes the automation start the `finetune` deployment, which
+completes, promotes, and is served; a transient step
 failure is retried by the task's policy; a failed flow run re-run skips its cached steps. A
 second server runs on PostgreSQL (a fresh database, dropped after) with `llmflow deploy` and a
 `prefect worker` process.
@@ -133,6 +135,28 @@ def test_an_invalid_parameter_is_rejected_before_a_run(stack):
         run_deployment(stack.api_url, "pipeline/pipeline", {"config": {"pretrain": {"max_steps": 0}}})
 
 
+def test_retrains_are_handed_only_to_a_server_with_the_models_feedback_trigger(stack):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.handoff import prefect_check
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        enabled, reason = prefect_check("smoke")()
+        assert enabled, reason
+        assert "'retrain smoke on feedback' runs deployment feedback-finetune/finetune" in reason
+        enabled, reason = prefect_check("another-model")()  # no trigger for this model
+        assert not enabled and "for llmflow.model.another-model" in reason, reason
+        with api(stack.api_url) as c:
+            [automation] = c.read_automations_by_name("retrain smoke on feedback")
+            c.pause_automation(automation.id)
+            try:
+                enabled, reason = prefect_check("smoke")()
+                assert not enabled and "no enabled automation" in reason, reason
+            finally:
+                c.resume_automation(automation.id)
+        assert prefect_check("smoke")()[0]
+
+
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
@@ -174,6 +198,8 @@ def test_feedback_past_the_threshold_retrains_and_the_new_champion_is_served(sta
                 return False
 
         wait_for(loaded, 120, "the service to load the champion", 1.0, proc, log)
+        retrains = _get(f"{base}/health")["retrain"]
+        assert retrains["enabled"] and "retrain smoke on feedback" in retrains["reason"], retrains
         before = _get(f"{base}/model")["version"]
         prompts = [
             "def add(a, b): return a + b",
@@ -205,6 +231,20 @@ def test_feedback_past_the_threshold_retrains_and_the_new_champion_is_served(sta
 
         run = wait_for(finetune_run, 90, "the automation to start a finetune run", 2.0, log=stack.log)
         assert run.parameters["retrain_id"] == retrain["id"]
+
+        def threshold_event():  # the event itself, as the server stored it
+            from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+            flt = EventFilter(
+                event=EventNameFilter(name=["llmflow.feedback.threshold_reached"]),
+                resource=EventResourceFilter(id=["llmflow.model.smoke"]),
+            )
+            with api(stack.api_url) as c:
+                page = c.read_events(flt, limit=50)  # the server allows at most 50 a page
+            return [e for e in page.events if e.payload.get("retrain_id") == retrain["id"]]
+
+        [event] = wait_for(threshold_event, 30, "the threshold event on the server", 1.0, log=stack.log)
+        assert event.payload["sft_path"] == run.parameters["sft_path"] and event.payload["feedback_new"] == 3
         assert (
             run.parameters["sft_path"].endswith("sft.jsonl") and run.parameters["config"]["name"] == "smoke"
         )

@@ -1,6 +1,7 @@
 """The serving endpoint over tiny real models: generation, reload on a new champion, request
-validation and limits, the bearer token, feedback with its events and the retrain threshold, and
-one real uvicorn process on loopback serving the registry's champion."""
+validation and limits, the bearer token and the loopback rule, the feedback rate per client,
+feedback with its events and the retrain threshold, no retrain claimed without a Prefect server to
+hand it to, and real uvicorn processes on loopback serving the registry's champion."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.feedback import FeedbackStore
-from deployments.service import create_app, registry_source
+from deployments.handoff import prefect_check
+from deployments.limits import RateLimit
+from deployments.service import (
+    BindError,
+    check_bind,
+    create_app,
+    is_loopback,
+    prefect_emitter,
+    registry_source,
+    run,
+)
 from llmflow import events
 from llmflow.config import ServeConfig
 from llmflow.registry import Registry
@@ -38,6 +49,17 @@ def models(tmp_path_factory):
     }
 
 
+class Retrains:
+    """A retrain hand-off check the test can switch, counting how often the service asks it."""
+
+    def __init__(self, enabled: bool = True, reason: str = "the test captures the events"):
+        self.enabled, self.reason, self.calls = enabled, reason, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.enabled, self.reason
+
+
 class Source:
     """A model source the test can switch, counting how often the service asks it."""
 
@@ -53,10 +75,11 @@ class Source:
 
 @pytest.fixture
 def make(models, tmp_path):
-    """Build (client, source, events) for a service; the client runs the app's lifespan."""
+    """Build (client, source, events) for a service; the client runs the app's lifespan. Retrains
+    can be handed off unless `retrains` says otherwise."""
     opened = []
 
-    def build(version: str | None = "1", **settings):
+    def build(version: str | None = "1", retrains: Retrains | None = None, **settings):
         settings = {"reload_interval_seconds": 0, "cooldown_seconds": 0, **settings}
         source = Source((version, models[version]) if version else None)
         emitted: list[dict] = []
@@ -69,6 +92,7 @@ def make(models, tmp_path):
             emit=lambda event, resource, payload: emitted.append(
                 {"event": event, "resource": resource, "payload": payload}
             ),
+            retrain_check=retrains or Retrains(),
             device="cpu",
         )
         client = TestClient(app)
@@ -97,7 +121,12 @@ def test_generate_model_and_health(make, models):
     info = client.get("/model").json()
     assert info["version"] == "1" and info["model_path"] == models["1"] and info["parameters"] > 1000
     assert info["name"] == "tiny" and info["device"] == "cpu"
-    assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "model_version": "1"}
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "model_loaded": True,
+        "model_version": "1",
+        "retrain": {"enabled": True, "reason": "the test captures the events"},
+    }
     assert source.calls == 1  # polled cheaply: not once per request within the interval
     sampled = client.post("/generate", json={"prompt": "x", "temperature": 0.9, "top_p": 0.9, "seed": 3})
     assert sampled.status_code == 200
@@ -258,6 +287,144 @@ def test_feedback_rejections(make):
     assert r.status_code == 201  # the served version is known
 
 
+def test_feedback_over_its_rate_is_429_with_retry_after(make):
+    client, _, _ = make("1", feedback_per_minute=1, feedback_burst=2)
+    gen = client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
+    body = {"generation_id": gen["id"], "rating": 1}
+    assert [client.post("/feedback", json=body).status_code for _ in range(2)] == [201, 201]
+    r = client.post("/feedback", json=body)
+    assert r.status_code == 429, r.text
+    retry = r.headers["retry-after"]
+    assert 50 <= int(retry) <= 60  # one a minute: the next one in about a minute
+    assert f"the limit is 1 per minute after a burst of 2; retry in {retry} s" in r.json()["detail"]
+    assert client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).status_code == 200
+    assert client.app.state.feedback.count() == 2  # the refused one is not stored
+    open_client, _, _ = make("1", feedback_per_minute=None, feedback_burst=1)
+    gen = open_client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
+    for _ in range(3):  # None: no limit
+        assert (
+            open_client.post("/feedback", json={"generation_id": gen["id"], "rating": 1}).status_code == 201
+        )
+
+
+def test_rate_limit_is_a_token_bucket_per_client():
+    now = [0.0]
+    limit = RateLimit(per_minute=6, burst=2, max_clients=2, clock=lambda: now[0])
+    assert [limit.take("a"), limit.take("a")] == [0.0, 0.0]  # the burst
+    assert limit.take("a") == pytest.approx(10.0)  # 6 a minute: the next in 10 s
+    assert limit.take("b") == 0.0  # another client has its own bucket
+    now[0] = 5.0
+    assert limit.take("a") == pytest.approx(5.0)  # a refused request spends nothing
+    now[0] = 10.0
+    assert limit.take("a") == 0.0 and limit.take("a") == pytest.approx(10.0)
+    limit.take("c")  # a third client: the least recently seen (b) is forgotten
+    assert set(limit._buckets) == {"a", "c"}
+
+
+def test_only_loopback_is_served_without_a_token(monkeypatch):
+    for host in ("127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host), host
+        check_bind(host, None)
+    for host in ("0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "example.org", "127.example.org", ""):
+        assert not is_loopback(host), host
+        with pytest.raises(BindError, match=f"refusing to serve on {host} without a token"):
+            check_bind(host, None)
+        check_bind(host, "s3cret")
+    monkeypatch.delenv("LLMFLOW_SERVE_TOKEN", raising=False)
+    with pytest.raises(BindError, match="set LLMFLOW_SERVE_TOKEN"):  # before anything is loaded or bound
+        run(ServeConfig(host="0.0.0.0"), port=_free_port(), name="tiny")
+    with pytest.raises(BindError):  # a blank token is no token
+        run(ServeConfig(token="  "), host="10.0.0.5", port=_free_port(), name="tiny")
+    monkeypatch.setenv("LLMFLOW_SERVE_TOKEN", "")
+    with pytest.raises(BindError):
+        run(ServeConfig(), host="0.0.0.0", port=_free_port(), name="tiny")
+
+
+def test_llmflow_serve_refuses_other_hosts_without_a_token(tmp_path):
+    env = {**os.environ, "LLMFLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("LLMFLOW_SERVE_TOKEN", None)
+    out = subprocess.run(
+        [*_llmflow(), "serve", "--host", "0.0.0.0", "--port", str(_free_port()), "--config", "smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to serve on 0.0.0.0 without a token" in lines[0], out.stderr
+
+
+def test_without_a_retrain_handoff_feedback_is_kept_unclaimed(make):
+    retrains = Retrains(False, "no enabled automation runs a deployment on the feedback event")
+    client, _, emitted = make(
+        "1", retrains=retrains, threshold_count=2, threshold_negative_rate=None, retrain_check_seconds=3600
+    )
+    assert client.get("/health").json()["retrain"] == {"enabled": False, "reason": retrains.reason}
+    gen = client.post("/generate", json={"prompt": "def f(): pass", "max_new_tokens": 4}).json()
+    for _ in range(3):
+        r = client.post("/feedback", json={"generation_id": gen["id"], "rating": -1, "correction": "x = 1"})
+        assert r.status_code == 201 and r.json()["retrain"] is None
+    assert _names(emitted) == [events.FEEDBACK_RECEIVED] * 3  # nothing announced that no one would run
+    fb = client.app.state.feedback
+    stats = client.get("/feedback/stats").json()
+    assert stats["new"] == 3 and stats["pending_retrain"] is None and stats["retrain"]["enabled"] is False
+    assert fb.retrains_list("tiny") == []  # nothing claimed: no retrain waits for a timeout
+
+
+def test_feedback_kept_while_retrains_were_off_is_claimed_once_they_are_on(make):
+    retrains = Retrains(False, "PREFECT_API_URL is not set")
+    client, _, emitted = make(
+        "1", retrains=retrains, threshold_count=2, threshold_negative_rate=None, retrain_check_seconds=0.2
+    )
+    gen = client.post("/generate", json={"prompt": "def f(): pass", "max_new_tokens": 4}).json()
+    for _ in range(2):
+        assert (
+            client.post("/feedback", json={"generation_id": gen["id"], "rating": -1}).json()["retrain"]
+            is None
+        )
+    fb = client.app.state.feedback
+    retrains.enabled, retrains.reason = True, "automation 'retrain tiny on feedback' runs finetune"
+    deadline = time.monotonic() + 30  # the periodic check sees the server and claims what was kept
+    while not fb.retrains_list("tiny"):
+        assert time.monotonic() < deadline, "the kept feedback was not claimed"
+        time.sleep(0.1)
+    [retrain] = fb.retrains_list("tiny")
+    assert retrain["status"] == "pending" and retrain["stats"]["new"] == 2
+    [reached] = [e for e in emitted if e["event"] == events.FEEDBACK_THRESHOLD_REACHED]
+    assert reached["payload"]["retrain_id"] == retrain["id"] and reached["payload"]["feedback_new"] == 2
+    assert client.get("/health").json()["retrain"]["enabled"] is True
+
+
+def test_a_handoff_gone_at_claim_time_releases_the_claim(make):
+    retrains = Retrains(True)
+    client, _, emitted = make("1", retrains=retrains, threshold_count=1, retrain_check_seconds=3600)
+    gen = client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
+    retrains.enabled, retrains.reason = False, "the Prefect server does not answer"  # not yet seen
+    r = client.post("/feedback", json={"generation_id": gen["id"], "rating": -1})
+    assert r.status_code == 201 and r.json()["retrain"] is None
+    assert events.FEEDBACK_THRESHOLD_REACHED not in _names(emitted)
+    assert client.app.state.feedback.retrains_list("tiny") == []  # released: the feedback is new again
+    assert client.get("/feedback/stats").json()["new"] == 1
+    assert client.get("/health").json()["retrain"] == {"enabled": False, "reason": retrains.reason}
+
+
+def test_the_prefect_check_needs_a_server_and_never_starts_one(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        enabled, reason = prefect_check("tiny")()
+        assert not enabled and reason.startswith("PREFECT_API_URL is not set")
+        assert prefect_emitter(events.FEEDBACK_RECEIVED, {"prefect.resource.id": "x"}, {}) is None
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}):
+        t0 = time.monotonic()
+        enabled, reason = prefect_check("tiny", timeout=2)()
+        assert not enabled and "does not answer: ConnectError" in reason, reason
+        assert time.monotonic() - t0 < 10
+
+
 def test_emit_failure_does_not_lose_feedback_or_the_retrain(make, tmp_path):
     client, _, _ = make("1", threshold_count=1)
     app = client.app
@@ -275,6 +442,7 @@ def test_emit_failure_does_not_lose_feedback_or_the_retrain(make, tmp_path):
         model_source=app.state.champion.source,
         feedback=app.state.feedback,
         emit=broken,
+        retrain_check=Retrains(),
     )
     with TestClient(failing) as c:
         gen = c.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).json()
@@ -302,6 +470,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _llmflow() -> list[str]:
+    """The `llmflow` command of this environment (the module when the script is not installed)."""
+    exe = Path(sys.executable).parent / "llmflow"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "deployments.cli"]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+        try:
+            health = httpx.get(f"{url}/health", timeout=2).json()
+            if health["model_loaded"]:
+                return health
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up within {timeout:.0f} s"
+        time.sleep(0.3)
 
 
 def test_real_server_serves_the_registry_champion(tmp_path, models):
@@ -342,3 +530,57 @@ def test_real_server_serves_the_registry_champion(tmp_path, models):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_llmflow_serve_without_a_prefect_server_keeps_feedback_and_limits_each_client(tmp_path, models):
+    """`llmflow serve` with no PREFECT_API_URL: /health says retrains are off, feedback past the
+    threshold claims nothing and starts no temporary Prefect server; a client over its feedback
+    rate gets 429 while another client (by its forwarded address) is still served."""
+    home, prefect_home = tmp_path / "home", tmp_path / "prefect"
+    reg = Registry(ArtifactStore(home), "tiny")
+    reg.promote(reg.register("ft-key-1", models["1"]))
+    port = _free_port()
+    sets = ["name=tiny", "serve.threshold_count=2", "serve.threshold_negative_rate=null"]
+    sets += ["serve.feedback_per_minute=12", "serve.feedback_burst=3", "serve.cooldown_seconds=0"]
+    cmd = [*_llmflow(), "serve", "--port", str(port), "--config", "smoke", "--home", str(home)]
+    cmd += [arg for s in sets for arg in ("--set", s)]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")},
+        "LLMFLOW_HOME": str(home),
+        "PREFECT_HOME": str(prefect_home),
+        "LLMFLOW_SERVE_TOKEN": "t",
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer t"}
+    try:
+        health = _wait_healthy(url, proc, "llmflow serve")
+        assert health["retrain"]["enabled"] is False
+        assert health["retrain"]["reason"].startswith("PREFECT_API_URL is not set"), health
+        gen = httpx.post(
+            f"{url}/generate", json={"prompt": "hi", "max_new_tokens": 3}, headers=auth, timeout=30
+        )
+        body = {"generation_id": gen.json()["id"], "rating": -1, "correction": "Say hello."}
+        codes = [httpx.post(f"{url}/feedback", json=body, headers=auth, timeout=10) for _ in range(4)]
+        assert [r.status_code for r in codes] == [201, 201, 201, 429], [r.text for r in codes]
+        assert all(r.json()["retrain"] is None for r in codes[:3])  # past the threshold, nothing claimed
+        retry = codes[3].headers["retry-after"]  # 12 a minute: one every 5 s
+        assert 1 <= int(retry) <= 5 and f"retry in {retry} s" in codes[3].json()["detail"]
+        other = {**auth, "X-Forwarded-For": "10.1.2.3"}  # another client behind a local proxy
+        assert httpx.post(f"{url}/feedback", json=body, headers=other, timeout=10).status_code == 201
+        time.sleep(int(retry) + 0.05)
+        assert httpx.post(f"{url}/feedback", json=body, headers=auth, timeout=10).status_code == 201
+        stats = httpx.get(f"{url}/feedback/stats", headers=auth, timeout=10).json()
+        assert stats["new"] == 5 and stats["total"] == 5 and stats["pending_retrain"] is None
+        store = FeedbackStore(home=str(home))
+        assert store.retrains_list("tiny") == [] and store.count() == 5
+        store.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    text = log.read_text()
+    assert "retrains off: PREFECT_API_URL is not set" in text, text
+    assert "temporary server" not in text.lower(), text
+    assert not list(prefect_home.rglob("*.db")), "a temporary Prefect server was started"
