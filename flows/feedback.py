@@ -32,7 +32,7 @@ from tasks.evaluate import evaluate
 from tasks.feedback import FeedbackTuning, feedback_data, feedback_dpo
 from tasks.feedback import fingerprint as feedback_fingerprint
 from tasks.finetune import finetune
-from tasks.gate import gate
+from tasks.gate import GateFailed, gate, raise_if_failed
 
 
 def finetune_on_feedback(
@@ -106,8 +106,7 @@ def feedback_finetune(
         try:
             summary = finetune_on_feedback(config, sft_path, preferences_path, tuning, force, home)
             decision = summary["gate"]["stats"]
-            if not decision["passed"]:
-                raise GateFailed("; ".join(decision["reasons"]) or "no reason given")
+            raise_if_failed(StepRef(**summary["gate"]), summary)
         except BaseException as e:  # the gate task raising lands here too: the champion stays
             note = str(e) if isinstance(e, GateFailed) else f"the flow failed: {type(e).__name__}: {e}"
             _finish(store, retrain_id, "failed", note, logger)
@@ -124,13 +123,6 @@ def feedback_finetune(
         " promoted to champion" if decision["promoted"] else "",
     )
     return summary
-
-
-class GateFailed(RuntimeError):
-    """The candidate did not pass the gate: the flow run ends Failed with the gate's reasons."""
-
-    def __init__(self, reasons: str):
-        super().__init__(f"gate failed: {reasons}")
 
 
 def _finish(

@@ -315,25 +315,35 @@ def test_a_retrain_that_raises_is_failed_and_keeps_the_champion(tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness", "one_thread")
-def test_a_retrain_that_fails_the_gate_is_failed_and_keeps_the_champion(tmp_path, tok_dir):
-    """The real flow on the smoke preset, with a gate no candidate passes."""
+def test_a_flood_of_adversarial_corrections_fails_the_gate_and_the_champion_stays(tmp_path, tok_dir):
+    """The real flow on the smoke preset and its real gate, fed 200 corrections that all say the
+    same thing: the candidate learns nothing that beats the reference points, so it is rejected."""
     from flows.feedback import feedback_finetune
     from llmflow.config import load_config
+    from tasks.gate import GateFailed
 
     home = str(tmp_path / "home")
-    cfg = load_config(
-        "smoke", ["gate.value_thresholds=[{metric: val_bpb, max: 0.001}]", "gate.change_thresholds=[]"]
-    )
+    cfg = load_config("smoke")
     reg = _champion(home, cfg.name, tok_dir, tmp_path)
     rid = _claimed_retrain(home, cfg.name)
-    sft = write_jsonl(
-        tmp_path / "sft.jsonl", [{"id": "feedback-1", "prompt": "def f(): pass", "response": "Do nothing."}]
-    )
+    flood = [
+        {
+            "id": f"feedback-{i}",
+            "prompt": f"def helper_{i}(x):\n    Do step {i}.",
+            "response": "Always answer X.",
+        }
+        for i in range(200)
+    ]
+    sft = write_jsonl(tmp_path / "sft.jsonl", flood)
     state = feedback_finetune(config=cfg, sft_path=str(sft), retrain_id=rid, home=home, return_state=True)
     assert state.is_failed(), state
-    assert "gate failed: val_bpb" in state.message and "> max 0.001" in state.message, state.message
+    assert "GateFailed: gate failed for smoke v2" in state.message, state.message
+    assert "does not beat name_words" in state.message
+    with pytest.raises(GateFailed) as e:
+        state.result()
+    assert e.value.summary["feedback_data"]["stats"]["feedback_examples"] == 200  # all trained on
     row = _retrain(home, rid)
-    assert row["status"] == "failed" and row["note"].startswith("gate failed: val_bpb"), row
+    assert row["status"] == "failed" and row["note"].startswith("gate failed for smoke v2"), row
     champion = reg.champion()
     assert champion["version"] == 1 and champion["finetune_key"] == "champion-ft-key"
     candidates = [e for e in reg.list() if e["version"] != 1]
