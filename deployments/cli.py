@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -375,6 +376,8 @@ def server(
     cfg = _config(config, set)
     explicit_home = home
     home = _home(home)
+    # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from deployments.localserver import LocalServer, ServerError
 
     prefect_home = os.environ.get("PREFECT_HOME") or os.path.expanduser("~/.prefect")
@@ -384,18 +387,9 @@ def server(
     console.print(f"Starting the Prefect server on {'PostgreSQL' if db else 'SQLite'} ...")
     try:
         srv.start()
-    except ServerError as e:
-        _fail(str(e), code=1)
-    os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
-    import signal
-
-    def _interrupt(*_: Any) -> None:  # `docker stop`, systemd: stop like Ctrl-C, server included
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
-    console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
-    try:
+        os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
+        console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
+        console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
@@ -409,12 +403,36 @@ def server(
             console.print(
                 "Serving deployments: " + ", ".join(d.name for d in deps) + f" (runs: {srv.url}/runs)"
             )
-            serve_deployments(deps)
-    except KeyboardInterrupt:
+            serve_deployments(deps)  # returns on SIGINT / SIGTERM once the runs in progress are cancelled
+    except (KeyboardInterrupt, SystemExit):
         pass
+    except ServerError as e:
+        _fail(str(e), code=1)
     finally:
-        console.print("Stopping the Prefect server ...")
+        _stop_server(srv)
+
+
+def _stop_server(srv) -> None:
+    """Stop what `llmflow server` started: leftover flow-run processes, then the Prefect server.
+
+    Signals are ignored meanwhile (a second Ctrl-C must not cut the clean-up short); each wait
+    is bounded, and `srv.stop` returns once the server's port is free.
+    """
+    from deployments.localserver import ServerError
+    from deployments.processes import stop_descendants
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(
+            sig, lambda *_: os.write(2, b"Still stopping: the Prefect server is shutting down ...\n")
+        )
+    console.print("Stopping the Prefect server ...")
+    left = stop_descendants(exclude=[srv.proc.pid] if srv.proc else [])
+    if left:
+        console.print(f"Stopped {len(left)} process(es) that flow runs left behind: {left}")
+    try:
         srv.stop()
+    except ServerError as e:
+        _fail(str(e), code=1)
 
 
 @app.command()
