@@ -354,6 +354,24 @@ def _deployments(cfg: PipelineConfig, home: str | None, retrain_cron: str, data_
     return build_deployments(cfg, retrain_cron=retrain_cron, data_cron=data_cron, timezone=tz, home=home)
 
 
+def _gate_failed_automation(cfg: PipelineConfig) -> None:
+    """Create or update the automation that notifies on `llmflow.gate.failed`, and say where it sends."""
+    from deployments.automations import automation_name, ensure_gate_failed_automation, notify_target
+
+    try:
+        ensure_gate_failed_automation(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    target = notify_target(cfg)
+    if target is None:
+        where = "is only recorded (set serve.gate_failed_notify or LLMFLOW_GATE_FAILED_NOTIFY to notify)"
+    elif target.startswith(("http://", "https://")):
+        where = "is POSTed to the configured webhook"
+    else:
+        where = f"notifies through the block {target}"
+    console.print(f"Automation '{automation_name(cfg)}': a failed gate {where}.")
+
+
 @app.command()
 def server(
     port: Annotated[int, typer.Option(min=1, max=65_535, help="Port of the API and UI.")] = 4200,
@@ -400,6 +418,7 @@ def server(
             from deployments.serve import serve_deployments
 
             deps = _deployments(cfg, explicit_home, retrain_cron, data_cron, timezone)
+            _gate_failed_automation(cfg)
             console.print(
                 "Serving deployments: " + ", ".join(d.name for d in deps) + f" (runs: {srv.url}/runs)"
             )
@@ -458,6 +477,7 @@ def deploy(
     from deployments.serve import deploy_to_pool
 
     ids = deploy_to_pool(_deployments(cfg, home, retrain_cron, data_cron, timezone), pool)
+    _gate_failed_automation(cfg)
     console.print(f"Registered {len(ids)} deployments on work pool '{pool}' at {api}.")
     console.print(f"Run them with: [bold]prefect worker start --pool {pool}[/]")
 

@@ -435,7 +435,8 @@ class ServeConfig(Section):
     """The serving endpoint and the feedback loop (deployments/service.py, deployments/feedback.py).
 
     Secrets and addresses can come from the environment instead (LLMFLOW_SERVE_TOKEN,
-    LLMFLOW_FEEDBACK_URL), which keeps them out of presets and Prefect parameter forms.
+    LLMFLOW_FEEDBACK_URL, LLMFLOW_GATE_FAILED_NOTIFY), which keeps them out of presets and Prefect
+    parameter forms.
     """
 
     host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
@@ -474,6 +475,12 @@ class ServeConfig(Section):
         default=10.0,
         ge=0,
         description="How often to ask the registry for a new champion (0 = every request).",
+    )
+    gate_failed_notify: str | None = Field(
+        default=None,
+        description="Where the automation on llmflow.gate.failed notifies: an http(s) webhook URL "
+        "(JSON POST) or a Prefect notification block as '<block-type>/<block-name>', e.g. "
+        "'slack-webhook/ops'; None = it only records the event. LLMFLOW_GATE_FAILED_NOTIFY overrides it.",
     )
 
 
