@@ -45,7 +45,7 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         for sig in dict.fromkeys(pending):
             signal.raise_signal(sig)
 
