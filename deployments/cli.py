@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -386,6 +387,24 @@ def _deployments(cfg: PipelineConfig, home: str | None, retrain_cron: str, data_
     return build_deployments(cfg, retrain_cron=retrain_cron, data_cron=data_cron, timezone=tz, home=home)
 
 
+def _gate_failed_automation(cfg: PipelineConfig) -> None:
+    """Create or update the automation that notifies on `llmflow.gate.failed`, and say where it sends."""
+    from deployments.automations import automation_name, ensure_gate_failed_automation, notify_target
+
+    try:
+        ensure_gate_failed_automation(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    target = notify_target(cfg)
+    if target is None:
+        where = "is only recorded (set serve.gate_failed_notify or LLMFLOW_GATE_FAILED_NOTIFY to notify)"
+    elif target.startswith(("http://", "https://")):
+        where = "is POSTed to the configured webhook"
+    else:
+        where = f"notifies through the block {target}"
+    console.print(f"Automation '{automation_name(cfg)}': a failed gate {where}.")
+
+
 @app.command()
 def server(
     port: Annotated[int, typer.Option(min=1, max=65_535, help="Port of the API and UI.")] = 4200,
@@ -408,6 +427,8 @@ def server(
     cfg = _config(config, set)
     explicit_home = home
     home = _home(home)
+    # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from deployments.localserver import LocalServer, ServerError
 
     prefect_home = os.environ.get("PREFECT_HOME") or os.path.expanduser("~/.prefect")
@@ -417,18 +438,9 @@ def server(
     console.print(f"Starting the Prefect server on {'PostgreSQL' if db else 'SQLite'} ...")
     try:
         srv.start()
-    except ServerError as e:
-        _fail(str(e), code=1)
-    os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
-    import signal
-
-    def _interrupt(*_: Any) -> None:  # `docker stop`, systemd: stop like Ctrl-C, server included
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
-    console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
-    try:
+        os.environ["PREFECT_API_URL"] = srv.api_url  # this process and the flow runs it starts
+        console.print(f"[bold green]Prefect UI:[/] {srv.url}   (API {srv.api_url}, log {srv.log_path})")
+        console.print(f"Artifacts under {os.path.abspath(home)}; stop with Ctrl-C.")
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
@@ -439,15 +451,40 @@ def server(
             from deployments.serve import serve_deployments
 
             deps = _deployments(cfg, explicit_home, retrain_cron, data_cron, timezone)
+            _gate_failed_automation(cfg)
             console.print(
                 "Serving deployments: " + ", ".join(d.name for d in deps) + f" (runs: {srv.url}/runs)"
             )
-            serve_deployments(deps)
-    except KeyboardInterrupt:
+            serve_deployments(deps)  # returns on SIGINT / SIGTERM once the runs in progress are cancelled
+    except (KeyboardInterrupt, SystemExit):
         pass
+    except ServerError as e:
+        _fail(str(e), code=1)
     finally:
-        console.print("Stopping the Prefect server ...")
+        _stop_server(srv)
+
+
+def _stop_server(srv) -> None:
+    """Stop what `llmflow server` started: leftover flow-run processes, then the Prefect server.
+
+    Signals are ignored meanwhile (a second Ctrl-C must not cut the clean-up short); each wait
+    is bounded, and `srv.stop` returns once the server's port is free.
+    """
+    from deployments.localserver import ServerError
+    from deployments.processes import stop_descendants
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(
+            sig, lambda *_: os.write(2, b"Still stopping: the Prefect server is shutting down ...\n")
+        )
+    console.print("Stopping the Prefect server ...")
+    left = stop_descendants(exclude=[srv.proc.pid] if srv.proc else [])
+    if left:
+        console.print(f"Stopped {len(left)} process(es) that flow runs left behind: {left}")
+    try:
         srv.stop()
+    except ServerError as e:
+        _fail(str(e), code=1)
 
 
 @app.command()
@@ -473,6 +510,7 @@ def deploy(
     from deployments.serve import deploy_to_pool
 
     ids = deploy_to_pool(_deployments(cfg, home, retrain_cron, data_cron, timezone), pool)
+    _gate_failed_automation(cfg)
     console.print(f"Registered {len(ids)} deployments on work pool '{pool}' at {api}.")
     console.print(f"Run them with: [bold]prefect worker start --pool {pool}[/]")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deployments.processes import die_with_parent, signals_held, stop_group, wait_port_free
 
 
 class ServerError(RuntimeError):
@@ -46,6 +47,8 @@ class LocalServer:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
+    _listened: bool = field(default=False, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -56,7 +59,14 @@ class LocalServer:
         return f"{self.url}/api"
 
     def start(self, timeout: float = 180.0) -> LocalServer:
-        """Start `prefect server start` and wait for /api/health; ServerError on failure."""
+        """Start `prefect server start` and wait for /api/health; ServerError on failure.
+
+        Whatever interrupts the start (a signal, a timeout, the server exiting) stops the server
+        before the exception leaves: the child never outlives a failed start. On Linux the
+        kernel also kills it if this thread dies first (`die_with_parent`), so call `start`
+        from the thread that lives as long as the server should.
+        """
+        self._listened = self._stopped = False
         if healthy(self.api_url, timeout=1.0):
             raise ServerError(f"something already answers at {self.api_url}: choose another --port")
         env = {**os.environ, **self.env}
@@ -66,37 +76,56 @@ class LocalServer:
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
         cmd = [prefect, "server", "start", "--host", self.host, "--port", str(self.port)]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            with signals_held():  # no interrupt between the fork and `self.proc`
+                self.proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # one process group to stop, apart from the terminal's Ctrl-C
+                    preexec_fn=die_with_parent(),
+                )
+            self._wait_healthy(cmd, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # the child holds its own copy
+        return self
+
+    def _wait_healthy(self, cmd: list[str], timeout: float) -> None:
+        see = f"; see {self.log_path}" if self.log_path else ""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(
-                    f"`{' '.join(cmd)}` exited with code {self.proc.returncode}"
-                    + (f"; see {self.log_path}" if self.log_path else "")
-                )
+                raise ServerError(f"`{' '.join(cmd)}` exited with code {self.proc.returncode}{see}")
             if healthy(self.api_url):
-                return self
+                self._listened = True
+                return
             time.sleep(0.5)
-        self.stop()
         raise ServerError(
-            f"the Prefect server did not answer at {self.api_url}/health within {timeout:.0f}s"
-            + (f"; see {self.log_path}" if self.log_path else "")
+            f"the Prefect server did not answer at {self.api_url}/health within {timeout:.0f}s{see}"
         )
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the server's process group (uvicorn and its services), then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the server's process group (SIGTERM, then SIGKILL after `timeout`) and return once
+        no process of it is left and the port is free. ServerError if the port stays taken after a
+        server that answered on it has gone (a failed start may have met someone else's server)."""
+        if self.proc is None or self._stopped:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, timeout=timeout)
+        self._stopped = True
+        # Once the group is gone its listening socket is closed; a server that never answered
+        # may not have bound the port at all, so its wait is short.
+        if (
+            not wait_port_free(self.host, self.port, timeout=10.0 if self._listened else 1.0)
+            and self._listened
+        ):
+            raise ServerError(
+                f"port {self.port} is still in use after the Prefect server stopped: another process holds it"
+            )
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -106,10 +106,28 @@ def build_deployments(
 
 
 def serve_deployments(deployments: list[Any], limit: int | None = None) -> None:
-    """Run the deployments from this process until interrupted (`llmflow server`)."""
-    from prefect import serve
+    """Run the deployments from this process until SIGINT or SIGTERM (`llmflow server`).
 
-    serve(*deployments, limit=limit)
+    Both signals stop the runner the way Prefect's SIGTERM does: the flow runs in progress are
+    cancelled (their processes stopped, their state Cancelled), the schedules paused, and this
+    returns. Prefect's `serve` would take Ctrl-C as a crash instead, leaving the runs `Running`.
+    A signal before the runner has started, or a second one, raises SystemExit.
+    """
+    import asyncio
+    import signal
+
+    from prefect.runner import Runner
+
+    runner = Runner(limit=limit, pause_on_shutdown=True)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, lambda *_: runner.handle_sigterm())  # `start` sets SIGTERM's
+    try:
+        asyncio.run(runner.start())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def deploy_to_pool(deployments: list[Any], pool: str = "llmflow") -> list[Any]:

@@ -487,7 +487,8 @@ class ServeConfig(Section):
     """The serving endpoint and the feedback loop (deployments/service.py, deployments/feedback.py).
 
     Secrets and addresses can come from the environment instead (LLMFLOW_SERVE_TOKEN,
-    LLMFLOW_FEEDBACK_URL), which keeps them out of presets and Prefect parameter forms.
+    LLMFLOW_FEEDBACK_URL, LLMFLOW_GATE_FAILED_NOTIFY), which keeps them out of presets and Prefect
+    parameter forms.
     """
 
     host: str = Field(
@@ -544,6 +545,12 @@ class ServeConfig(Section):
         gt=0,
         description="How often to re-check that the Prefect server at PREFECT_API_URL has the automation "
         "that runs `finetune` on this model's feedback event; without it no retrain is claimed.",
+    )
+    gate_failed_notify: str | None = Field(
+        default=None,
+        description="Where the automation on llmflow.gate.failed notifies: an http(s) webhook URL "
+        "(JSON POST) or a Prefect notification block as '<block-type>/<block-name>', e.g. "
+        "'slack-webhook/ops'; None = it only records the event. LLMFLOW_GATE_FAILED_NOTIFY overrides it.",
     )
 
 

@@ -1,8 +1,9 @@
 """Real processes on loopback for the integration and browser tests.
 
 `llmflow_server(...)` runs `llmflow server` (a Prefect server plus the served deployments) as a
-child process with its own PREFECT_HOME, waits until the deployments are registered, and stops
-it with Ctrl-C (SIGINT) as a person would. `api(url)` is a synchronous Prefect client for that
+child process with its own PREFECT_HOME, waits until the deployments are registered, stops it
+with Ctrl-C (SIGINT) as a person would, and fails if a process of it outlives the stop (Linux,
+/proc). `api(url)` is a synchronous Prefect client for that
 server; `wait_run` polls a flow run to a final state. Everything is bounded in time.
 """
 
@@ -118,8 +119,32 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 30.0
         proc.wait(timeout=10)
 
 
+def process_table() -> dict[int, dict[str, Any]]:
+    """pid -> state, ppid, pgrp (process group), sid (session) and cmd, from /proc (Linux)."""
+    out = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        out[int(entry.name)] = {
+            "state": fields[0],
+            "ppid": int(fields[1]),
+            "pgrp": int(fields[2]),
+            "sid": int(fields[3]),
+            "cmd": cmd.strip(),
+        }
+    return out
+
+
 class LlmflowServer:
-    """`llmflow server` as a child process: url, api_url, log, proc."""
+    """`llmflow server` as a child process: url, api_url, log, proc.
+
+    `stop()` checks that it left nothing behind: no live process of its session or of the
+    sessions of the processes it started (the Prefect server runs in its own), none serving its
+    port, and the port free. A leftover is killed, then reported as a failure.
+    """
 
     def __init__(self, workdir: Path, home: str, sets: list[str] | None = None, env: dict | None = None):
         self.port = free_port()
@@ -134,12 +159,18 @@ class LlmflowServer:
         self.cmd = cmd
         self.env = child_env(PREFECT_HOME=str(self.prefect_home), LLMFLOW_HOME=home, **(env or {}))
         self.proc: subprocess.Popen | None = None
+        self.sessions: set[int] = set()
 
-    def start(self, timeout: float = 180.0) -> LlmflowServer:
+    def spawn(self) -> subprocess.Popen:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        self.sessions.add(self.proc.pid)
+        return self.proc
+
+    def start(self, timeout: float = 180.0) -> LlmflowServer:
+        self.spawn()
 
         def ready():
             try:
@@ -149,11 +180,52 @@ class LlmflowServer:
                 return False
 
         wait_for(ready, timeout, "llmflow server to serve its deployments", 1.0, self.proc, self.log)
+        self.note_sessions()
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+    def note_sessions(self) -> set[int]:
+        """Remember the sessions of the processes below `llmflow server` now."""
+        table, todo = process_table(), [self.proc.pid]
+        while todo:
+            parent = todo.pop()
+            for pid, p in table.items():
+                if p["ppid"] == parent:
+                    self.sessions.add(p["sid"])
+                    todo.append(pid)
+        return self.sessions
+
+    def leftovers(self) -> dict[int, dict[str, Any]]:
+        """Live processes of its sessions, or serving its port (zombies are gone already)."""
+        port = f"--port {self.port}"
+        return {
+            pid: p
+            for pid, p in process_table().items()
+            if p["state"] not in "ZX"
+            and (p["sid"] in self.sessions or ("prefect" in p["cmd"] and port in p["cmd"]))
+        }
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 90.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.note_sessions()
+        stop(self.proc, sig, timeout)
+        self.assert_nothing_left()
+
+    def assert_nothing_left(self, timeout: float = 15.0) -> None:
+        """Wait up to `timeout` for its processes to go and its port to be free; kill and fail if not."""
+        from deployments.processes import port_free
+
+        deadline = time.monotonic() + timeout
+        while (left := self.leftovers()) or not port_free("127.0.0.1", self.port):
+            if time.monotonic() > deadline:
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                raise AssertionError(
+                    f"llmflow server left {left or 'its port taken'} (killed now)\n{tail(self.log)}"
+                )
+            time.sleep(0.2)
 
 
 def run_deployment(api_url: str, name: str, parameters: dict | None = None) -> Any:

@@ -117,6 +117,9 @@ def test_scheduled_deployments_carry_their_schedules(stack):
     action = trig[0].actions[0]
     assert action.deployment_id == deps["feedback-finetune/finetune"].id
     assert "event.payload.sft_path" in json.dumps(action.parameters)
+    # and the one that reports a failed gate (nothing configured: it records the event only)
+    [notify] = [a for a in automations if a.name == "notify smoke gate failed"]
+    assert notify.trigger.expect == {"llmflow.gate.failed"} and notify.actions[0].type == "do-nothing"
 
 
 def test_ui_is_told_its_own_api_address(stack):
