@@ -427,6 +427,17 @@ def server(
     cfg = _config(config, set)
     explicit_home = home
     home = _home(home)
+    from deployments.service import is_loopback
+
+    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING", "").strip()
+    if not is_loopback(host) and not auth:
+        _fail(
+            f"refusing to serve the Prefect API on {host} without a login: set "
+            "PREFECT_SERVER_API_AUTH_STRING=user:password (clients then set PREFECT_API_AUTH_STRING), "
+            "or bind 127.0.0.1"
+        )
+    if auth:  # this process and the flow runs it starts are clients of that server
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
     # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from deployments.localserver import LocalServer, ServerError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,21 @@ def test_run_exits_3_with_the_reasons_when_the_gate_fails_and_0_when_it_passes(t
     from llmflow.store import ArtifactStore
 
     assert Registry(ArtifactStore(home), "smoke").champion()["version"] == 1  # the same fine-tune
+
+
+def test_server_refuses_another_address_without_a_login():
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_API_AUTH_STRING"}
+    r = subprocess.run(
+        [*LLMFLOW, "server", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: refusing to serve the Prefect API on 0.0.0.0 without a login: set "
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (clients then set PREFECT_API_AUTH_STRING), or bind "
+        "127.0.0.1"
+    ]
