@@ -262,3 +262,31 @@ def drain_prefect_workers(timeout: float = 30.0) -> None:
 
     APILogWorker.drain_all(timeout=timeout)
     EventsWorker.drain_all(timeout=timeout)
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A webhook on 127.0.0.1: (its URL, the JSON bodies POSTed to it, in order)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/hook", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -9,10 +9,7 @@ Prefect's record that the do-nothing action ran.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -25,7 +22,7 @@ from deployments.automations import (
 )
 from llmflow import events
 from llmflow.config import load_config
-from tests.livestack import free_port, missing_prerequisite, wait_for
+from tests.livestack import free_port, missing_prerequisite, wait_for, webhook
 
 pytestmark = pytest.mark.slow
 
@@ -52,25 +49,8 @@ def api_url(tmp_path_factory):
 @pytest.fixture
 def receiver():
     """A webhook on 127.0.0.1: the JSON bodies POSTed to it, in order."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}/hook", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with webhook() as hook:
+        yield hook
 
 
 def _config(target: str | None = None):

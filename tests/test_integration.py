@@ -40,6 +40,7 @@ from tests.livestack import (
     task_states,
     wait_for,
     wait_run,
+    webhook,
 )
 from tests.prereq import skip_missing
 
@@ -48,12 +49,19 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def hook():
+    """A webhook the stack's gate-failed automation notifies: (url, bodies received)."""
+    with webhook() as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, hook):
     reason = missing_prerequisite()
     if reason:
         skip_missing("the llmflow and prefect commands", reason)
     work = tmp_path_factory.mktemp("stack")
-    srv = LlmflowServer(work, os.environ["LLMFLOW_HOME"]).start()
+    srv = LlmflowServer(work, os.environ["LLMFLOW_HOME"], env={"LLMFLOW_GATE_FAILED_NOTIFY": hook[0]}).start()
     try:
         yield srv
     finally:
@@ -93,6 +101,35 @@ def test_pipeline_deployment_completes(stack, pipeline_run):
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[pipeline_run.id]))
         )
     assert {"markdown", "table"} <= {a.type for a in arts}, "the steps publish reports and tables"
+
+
+def test_a_failed_gate_fails_the_run_and_notifies(stack, pipeline_run, hook):
+    """The smoke preset's real gate (no mechanics overrides) rejects the tiny model: the run is
+    Failed with the reasons, the champion stays, and the automation posts to the webhook."""
+    from llmflow.config import load_config
+    from llmflow.registry import Registry
+
+    champion = Registry(name="smoke").champion()
+    mechanics = [s for s in SMOKE_SETS if not s.startswith("gate.")]
+    new_candidate = ["evaluate.max_new_tokens=6", "finetune.max_steps=5"]
+    cfg = load_config("smoke", mechanics + new_candidate).model_dump(mode="json")
+    run = run_deployment(stack.api_url, "pipeline/pipeline", {"config": cfg})
+    final = wait_run(stack.api_url, run.id, timeout=300, log=stack.log)
+    assert final.state.is_failed(), f"{final.state}\n{tail(stack.log)}"
+    assert "GateFailed: gate failed for smoke" in final.state.message
+    assert "does not beat name_words" in final.state.message
+    states = task_states(stack.api_url, final.id)
+    assert states["gate"] == ["Completed"] and states["pretrain"] == ["Cached"], states  # artifacts kept
+    reg = Registry(name="smoke")
+    assert reg.champion()["version"] == champion["version"]
+    assert reg.get("challenger")["version"] != champion["version"]
+    url, received = hook
+
+    def notified():
+        return [b for b in received if "does not beat name_words" in b.get("body", "")]
+
+    [note] = wait_for(notified, 90, "the gate-failed automation to post to the webhook", interval=1)[:1]
+    assert "smoke" in note["subject"]
 
 
 def test_scheduled_deployments_carry_their_schedules(stack):
