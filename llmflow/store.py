@@ -51,9 +51,14 @@ class StepRef(BaseModel):
 
 
 def step_key(
-    step: str, version: int | str, config: Any, inputs: Mapping[str, str] | None = None, extra: Any = None
+    step: str,
+    version: int | str,
+    config: Any,
+    inputs: Mapping[str, str] | None = None,
+    extra: Any = None,
+    code: str | None = None,
 ) -> str:
-    """sha256 over the step's identity, its config section and its inputs' keys."""
+    """sha256 over the step's identity, its config section, its inputs' keys and its code hash."""
     payload = {
         "step": step,
         "version": str(version),
@@ -62,6 +67,8 @@ def step_key(
     }
     if extra is not None:
         payload["extra"] = json.loads(canonical_json(extra))
+    if code is not None:
+        payload["code"] = code
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

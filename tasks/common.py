@@ -31,12 +31,13 @@ from llmflow.store import ArtifactStore, StepRef
 
 
 class StoreKeyPolicy(CachePolicy):
-    """Cache key = the artifact store key, offered only while the artifact is complete."""
+    """Cache key = the artifact store key, offered only while the artifact is complete and undamaged."""
 
-    def __init__(self, step: str, version: int | str):
+    def __init__(self, step: str, version: int | str, fn: StepFn):
         super().__init__()
         self.step = step
         self.version = version
+        self.fn = fn
 
     def compute_key(
         self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
@@ -45,7 +46,12 @@ class StoreKeyPolicy(CachePolicy):
             return None
         store = ArtifactStore(inputs.get("home"))
         key = compute_key(
-            self.step, self.version, inputs["config"], inputs.get("inputs") or {}, inputs.get("extra")
+            self.step,
+            self.version,
+            self.fn,
+            inputs["config"],
+            inputs.get("inputs") or {},
+            inputs.get("extra"),
         )
         if not store.exists(self.step, key):
             return None
@@ -147,7 +153,7 @@ def step_task(
     @task(
         name=name,
         description=description or (fn.__doc__ or "").strip().split("\n")[0],
-        cache_policy=StoreKeyPolicy(name, version),
+        cache_policy=StoreKeyPolicy(name, version, fn),
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
         persist_result=True,

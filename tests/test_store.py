@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 from llmflow.config import PrepareConfig, TokenizerConfig
-from llmflow.step import run_step
+from llmflow.step import compute_key, run_step
 from llmflow.store import MANIFEST, ArtifactStore, StepRef, step_key
 
 
@@ -79,22 +80,23 @@ def test_crashed_write_leaves_no_manifest(store):
 
     with pytest.raises(RuntimeError):
         run_step("tokenizer", 1, crash, cfg, store=store)
-    key = step_key("tokenizer", 1, cfg, {})
-    assert store.manifest("tokenizer", key) is None
-    assert not store.exists("tokenizer", key)
+    crashed = compute_key("tokenizer", 1, crash, cfg, {})
+    assert store.manifest("tokenizer", crashed) is None
+    assert not store.exists("tokenizer", crashed)
     # Nothing half-written is visible under the final name, and staging is cleaned up.
     step_dir = store.path("artifacts", "tokenizer")
     import os
 
     assert os.listdir(step_dir) == []
-    # The next run rebuilds it.
+    # The next run (of the mended step) builds it.
     ref = run_step("tokenizer", 1, _write_step, cfg, store=store)
-    assert ref.status == "ran" and store.exists("tokenizer", key)
+    key = compute_key("tokenizer", 1, _write_step, cfg, {})
+    assert ref.status == "ran" and ref.key == key and store.exists("tokenizer", key)
 
 
 def test_incomplete_directory_is_rebuilt_not_read(store):
     cfg = TokenizerConfig()
-    key = step_key("tokenizer", 1, cfg, {})
+    key = compute_key("tokenizer", 1, _write_step, cfg, {})
     final = store.artifact_path("tokenizer", key)
     import os
 
