@@ -1,9 +1,10 @@
 """The thin Prefect layer over a step: cache policy, retries, UI artifacts, progress.
 
-`step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key.
-Prefect does not know the files behind a result, so the policy only offers the key when the
-artifact's manifest still exists; a cache hit whose files were deleted is rebuilt. `force=True`
-bypasses both the Prefect cache and the store.
+`step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key
+(which includes the hash of `fn`'s code). Prefect does not know the files behind a result, so the
+policy only offers the key while the artifact is complete and its files are as its manifest lists
+them; a cache hit whose files were deleted or changed is rebuilt. `force=True` bypasses both the
+Prefect cache and the store.
 """
 
 from __future__ import annotations
