@@ -38,7 +38,8 @@ def main() -> None:
     task_dir = store.local_path(("task_data", arts["task_data"]))
     rows = [json.loads(line) for line in (task_dir / "test.jsonl").read_text().splitlines() if line.strip()]
     res = rouge_l_vs_base(base_dir, tuned_dir, rows, limit=args.limit, max_new_tokens=args.max_new_tokens)
-    ft = store.manifest("finetune", arts["finetune"])["stats"]
+    ft_manifest = store.manifest("finetune", arts["finetune"])
+    ft = ft_manifest["stats"]
     out = {
         "n": res["n"],
         "rougeL_base": res["base"],
@@ -47,7 +48,7 @@ def main() -> None:
         "method": ft.get("method"),
         "trainable_fraction": ft.get("trainable_fraction"),
         "trainable_params": ft.get("trainable_params"),
-        "finetune_seconds": ft.get("seconds"),
+        "finetune_seconds": ft_manifest.get("timings", {}).get("seconds"),
         "finetune_steps": ft.get("steps"),
         "scoring_seconds": res.get("seconds"),
         "samples": res.get("samples", [])[:5],

@@ -265,7 +265,9 @@ class TokenizerConfig(Section):
     )
     byte_fallback: bool = Field(default=True, description="Unknown characters become UTF-8 byte pieces.")
     split_digits: bool = Field(default=True, description="Every digit is its own piece.")
-    threads: int = Field(default=0, ge=0, description="Training threads; 0 = all cores.")
+    threads: int = Field(
+        default=0, ge=0, description="Training threads; 0 = 16 on any machine (unigram pieces depend on it)."
+    )
     seed: int = 1234
 
 

@@ -2,9 +2,14 @@
 
 A step is a plain function `fn(ctx: StepContext) -> dict` that reads its inputs through
 `ctx.input_path(name)`, writes its files under `ctx.out`, and returns the stats recorded in the
-manifest. `run_step` computes the key, returns the stored artifact when it is complete (unless
-forced), and otherwise stages, runs and publishes it. The Prefect wrapper (tasks/common.py) adds
-the cache policy, retries and UI artifacts on top; tests call `run_step` directly.
+manifest. `run_step` computes the key (with the hash of `fn`'s code, llmflow/code_hash.py),
+returns the stored artifact when it is complete and undamaged (unless forced), and otherwise
+stages, runs and publishes it. The Prefect wrapper (tasks/common.py) adds the cache policy,
+retries and UI artifacts on top; tests call `run_step` directly.
+
+The same key must give the same files: a step writes no wall-clock figure into its files or
+stats. What it measured (seconds, tokens per second) goes to `ctx.timings`, which the manifest
+keeps under `timings`, beside `created` and `seconds`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmflow.code_hash import code_hash
 from llmflow.store import ArtifactStore, StepRef, step_key
 
 log = logging.getLogger("llmflow")
@@ -53,6 +59,8 @@ class StepContext:
     logger: logging.Logger = field(default_factory=lambda: log)
     on_progress: ProgressFn | None = None
     on_publish: PublishFn | None = None
+    code: str | None = None  # the step's code hash, part of its key (for keys of sub-artifacts)
+    timings: dict[str, Any] = field(default_factory=dict)  # wall-clock figures, for the manifest
 
     @property
     def work_dir(self) -> Path:
@@ -96,9 +104,15 @@ StepFn = Callable[[StepContext], dict[str, Any]]
 
 
 def compute_key(
-    step: str, version: int | str, config: Any, inputs: Mapping[str, StepRef] | None, extra: Any = None
+    step: str,
+    version: int | str,
+    fn: StepFn,
+    config: Any,
+    inputs: Mapping[str, StepRef] | None,
+    extra: Any = None,
 ) -> str:
-    return step_key(step, version, config, {k: v.key for k, v in (inputs or {}).items()}, extra)
+    keys = {k: v.key for k, v in (inputs or {}).items()}
+    return step_key(step, version, config, keys, extra, code=code_hash(fn).sha256)
 
 
 def run_step(
@@ -117,7 +131,7 @@ def run_step(
 ) -> StepRef:
     store = store or ArtifactStore()
     inputs = dict(inputs or {})
-    key = compute_key(step, version, config, inputs, extra)
+    key = compute_key(step, version, fn, config, inputs, extra)
     if not force:
         ref = store.ref(step, key, status="cached")
         if ref is not None:
@@ -130,6 +144,7 @@ def run_step(
         "key": key,
         "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
         "inputs": {k: {"step": v.step, "key": v.key} for k, v in inputs.items()},
+        "code": code_hash(fn).to_json(),
     }
     if extra is not None:
         manifest["extra"] = extra
@@ -146,9 +161,12 @@ def run_step(
             logger=logger or log,
             on_progress=on_progress,
             on_publish=on_publish,
+            code=manifest["code"]["sha256"],
         )
         stats = fn(ctx) or {}
         manifest["stats"] = stats
+        if ctx.timings:
+            manifest["timings"] = ctx.timings
         manifest["seconds"] = round(time.time() - t0, 3)
     return StepRef(
         step=step,

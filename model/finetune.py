@@ -475,18 +475,27 @@ def finetune(
 
 
 def save_finetuned(
-    model, tokenizer, out: str | Path, method: str, base_dir: str | Path, fingerprint: str
+    model,
+    tokenizer,
+    out: str | Path,
+    method: str,
+    base_dir: str | Path,
+    fingerprint: str,
+    base_name: str | None = None,
 ) -> None:
     """Write `out/adapter/` (peft; not for full) and `out/model/` (loadable, with tokenizer).
 
     LoRA: the adapter, then the merged weights. Prompt tuning: the adapter and a copy of the base
-    (`load_finetuned` attaches the adapter). Full: the weights only.
+    (`load_finetuned` attaches the adapter). Full: the weights only. `base_name` is what the
+    adapter's config and card call the base instead of its local path (which differs per home).
     """
     out = Path(out)
     model_out = out / "model"
     meta: dict[str, Any] = {"method": method, "merged": method != "prompt", "base_fingerprint": fingerprint}
     if method in ("lora", "prompt"):
-        model.save_pretrained(out / "adapter")
+        model.save_pretrained(out / "adapter")  # peft reads the base's config at its real path
+        if base_name is not None:
+            _rename_base(out / "adapter", base_name)
         (out / "adapter" / BASE_META).write_text(json.dumps({"fingerprint": fingerprint}, indent=2))
         meta["adapter"] = "../adapter"
     if method == "prompt":
@@ -501,6 +510,17 @@ def save_finetuned(
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(model_out)
     (model_out / FINETUNE_META).write_text(json.dumps(meta, indent=2))
+
+
+def _rename_base(adapter_dir: Path, name: str) -> None:
+    """Call the base `name` in a saved adapter's config and card instead of its local path."""
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    path, config["base_model_name_or_path"] = config.get("base_model_name_or_path"), name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = adapter_dir / "README.md"
+    if path and card.exists():
+        card.write_text(card.read_text().replace(path, name))
 
 
 def load_adapter(base, adapter_dir: str | Path, is_trainable: bool = False):

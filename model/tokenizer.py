@@ -26,6 +26,7 @@ import io
 import logging
 import multiprocessing
 import os
+import random
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,9 @@ NEWLINE = "\n"
 USER_SYMBOLS = [NEWLINE, *ROLE_TOKENS]
 MODEL_FILE = "spm.model"
 VOCAB_FILE = "spm.vocab"
+# Unigram training sums over per-thread chunks, so its pieces depend on the thread count: a fixed
+# default (SentencePiece's own), not the machine's core count, trains the same model everywhere.
+DEFAULT_THREADS = 16
 
 
 class VocabTooLargeError(ValueError):
@@ -57,6 +61,21 @@ def document_lines(texts: Iterable[str]) -> Iterator[str]:
         for line in text.split(NEWLINE):
             if line:
                 yield line
+
+
+def sample_lines(lines: Iterable[str], k: int, seed: int) -> list[str]:
+    """A uniform sample of at most `k` lines of a stream of any length (reservoir sampling,
+    algorithm R, with its own seeded generator): the same stream gives the same sample, in order."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    for i, line in enumerate(lines):
+        if i < k:
+            sample.append(line)
+        else:
+            j = rng.randrange(i + 1)
+            if j < k:
+                sample[j] = line
+    return sample
 
 
 def train(
@@ -74,23 +93,27 @@ def train(
 ) -> spm.SentencePieceProcessor:
     """Train on a stream of lines; write `spm.model` and `spm.vocab` under `out_dir`.
 
-    SentencePiece reservoir-samples `max_sentences` lines from the stream, so memory stays bounded
-    however large the corpus is. A vocabulary the text cannot fill raises `VocabTooLargeError`
+    `max_sentences` lines are reservoir-sampled from the stream (`sample_lines`), so memory stays
+    bounded however large the corpus is. The same lines, seed and `threads` give byte-identical
+    files on any machine: the sample is drawn here with `seed` (SentencePiece's own sampling does
+    not follow `set_random_generator_seed`), and the thread count, which does not change a BPE
+    model, is not recorded in it. A vocabulary the text cannot fill raises `VocabTooLargeError`
     naming the largest size that works.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
+    sample = sample_lines(lines, max_sentences, seed)
     buf = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
+            sentence_iterator=iter(sample),
             model_writer=buf,
             model_type=model_type,
             vocab_size=vocab_size,
             character_coverage=character_coverage,
-            input_sentence_size=max_sentences,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # all of the sample, in its order
+            shuffle_input_sentence=False,
             max_sentence_length=1 << 16,
             # lossless: no normalisation, keep every space, allow pure-whitespace pieces
             normalization_rule_name="identity",
@@ -108,7 +131,7 @@ def train(
             eos_piece=EOS,
             pad_piece=PAD,
             user_defined_symbols=USER_SYMBOLS,
-            num_threads=threads or os.cpu_count() or 1,
+            num_threads=threads or DEFAULT_THREADS,
             minloglevel=2,
         )
     except RuntimeError as e:
@@ -126,10 +149,21 @@ def train(
                 "(specials, byte pieces and covered characters): raise it or lower character_coverage"
             ) from None
         raise RuntimeError(f"SentencePiece training failed: {msg}") from e
-    (out / MODEL_FILE).write_bytes(buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    proto = _without_thread_count(buf.getvalue())
+    (out / MODEL_FILE).write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
     write_vocab(sp, out / VOCAB_FILE)
     return sp
+
+
+def _without_thread_count(proto: bytes) -> bytes:
+    """The model with `trainer_spec.num_threads` cleared: how it was trained, not what it is."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    m = sentencepiece_model_pb2.ModelProto()
+    m.ParseFromString(proto)
+    m.trainer_spec.ClearField("num_threads")
+    return m.SerializeToString(deterministic=True)
 
 
 def write_vocab(sp: spm.SentencePieceProcessor, path: Path) -> None:

@@ -190,7 +190,7 @@ def flops_per_token(model, seq_len: int) -> float:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = ["step", "tokens", "seconds", "lr", "loss", "val_loss", "val_bpb", "tokens_per_s"]
+    fields = ["step", "tokens", "lr", "loss", "val_loss", "val_bpb"]  # no wall-clock: same run, same file
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

@@ -1,16 +1,18 @@
 """The thin Prefect layer over a step: cache policy, retries, UI artifacts, progress.
 
-`step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key.
-Prefect does not know the files behind a result, so the policy only offers the key when the
-artifact's manifest still exists; a cache hit whose files were deleted is rebuilt. `force=True`
-bypasses both the Prefect cache and the store, and tells the step (`StepContext.force`) not to
-resume an earlier run's work; a retry of a forced run resumes what its own first try left.
+`step_task(name, version, fn)` builds a Prefect task whose cache key is the artifact store key
+(which includes the hash of `fn`'s code). Prefect does not know the files behind a result, so the
+policy only offers the key while the artifact is complete and its files are as its manifest lists
+them; a cache hit whose files were deleted or changed is rebuilt. `force=True` bypasses both the
+Prefect cache and the store, and tells the step (`StepContext.force`) not to resume an earlier
+run's work; a retry of a forced run resumes what its own first try left.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -33,12 +35,13 @@ from llmflow.store import ArtifactStore, StepRef
 
 
 class StoreKeyPolicy(CachePolicy):
-    """Cache key = the artifact store key, offered only while the artifact is complete."""
+    """Cache key = the artifact store key, offered only while the artifact is complete and undamaged."""
 
-    def __init__(self, step: str, version: int | str):
+    def __init__(self, step: str, version: int | str, fn: StepFn):
         super().__init__()
         self.step = step
         self.version = version
+        self.fn = fn
 
     def compute_key(
         self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
@@ -47,7 +50,12 @@ class StoreKeyPolicy(CachePolicy):
             return None
         store = ArtifactStore(inputs.get("home"))
         key = compute_key(
-            self.step, self.version, inputs["config"], inputs.get("inputs") or {}, inputs.get("extra")
+            self.step,
+            self.version,
+            self.fn,
+            inputs["config"],
+            inputs.get("inputs") or {},
+            inputs.get("extra"),
         )
         if not store.exists(self.step, key):
             return None
@@ -141,7 +149,12 @@ def _retrying() -> bool:
 def _resuming(fn: StepFn) -> StepFn:
     """`fn` told that its run is not forced: a retry of a forced run resumes its first try's work
     (the first try removed the older run's as the step's first act)."""
-    return lambda ctx: fn(dataclasses.replace(ctx, force=False))
+
+    @functools.wraps(fn)  # the same code hash, hence the same key, as `fn` itself
+    def resuming(ctx):
+        return fn(dataclasses.replace(ctx, force=False))
+
+    return resuming
 
 
 def step_task(
@@ -162,7 +175,7 @@ def step_task(
     @task(
         name=name,
         description=description or (fn.__doc__ or "").strip().split("\n")[0],
-        cache_policy=StoreKeyPolicy(name, version),
+        cache_policy=StoreKeyPolicy(name, version, fn),
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
         persist_result=True,

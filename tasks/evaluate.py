@@ -191,8 +191,8 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         "skipped": skipped,
         "bootstrap": boot,
         "warnings": warnings,
-        "seconds": timer.seconds,
     }
+    ctx.timings.update(timer.seconds)
     (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2))
     (ctx.out / "bias.json").write_text(json.dumps(bias_report, indent=2, ensure_ascii=False))
 
@@ -205,12 +205,11 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         "skipped": skipped,
         "name": name,
         "signatures": signatures,
-        "seconds": timer.seconds,
     }
 
 
 class _Timer:
-    """Seconds per phase, recorded in metrics.json and the stats (the demo has a time budget)."""
+    """Seconds per phase, recorded in the manifest's timings (the demo has a time budget)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -438,7 +437,7 @@ def _dashboard(ctx, name, metrics, cis, samples, bias_report, groups, warnings, 
         f"| {r['id']} | {r['rougeL']} | {_cell(r['reference'])} | {_cell(r['prediction'])} |"
         for r in worst_rows
     ]
-    md += [f"\nPer-sample records: `{ctx.store.uri(ctx.step, ctx.key)}/samples.jsonl`"]
+    md += [f"\nPer-sample records: `samples.jsonl` in this artifact (`{ctx.step}/{ctx.key}`)."]
     md += [f"\n> warning: {w}" for w in warnings]
     ctx.report("\n".join(md) + "\n")
 

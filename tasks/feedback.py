@@ -213,7 +213,11 @@ def feedback_dpo_step(ctx: StepContext) -> dict[str, Any]:
     tuned = ctx.input_path("model")
     triples = read_jsonl(str(ctx.input_path("task") / "preferences.jsonl"))
     model, tokenizer, stats = ft.dpo_train(tuned / "model", triples, cfg.dpo, lora=cfg, progress=ctx.progress)
-    ft.save_finetuned(model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"])
+    ctx.timings["seconds"] = stats.pop("seconds")  # wall clock: the manifest's, not the files'
+    base_name = f"finetune/{ctx.inputs['model'].key}/model"
+    ft.save_finetuned(
+        model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"], base_name
+    )
     sft_metrics = json.loads((tuned / "metrics.json").read_text())
     stats = {**stats, "sft": {k: sft_metrics.get(k) for k in ("method", "train_loss", "val_loss")}}
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))

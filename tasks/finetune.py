@@ -4,7 +4,9 @@ Inputs: `base` (pretrain: `model/` with tokenizer files) and `task` (task_data: 
 validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (load it with
 `model.finetune.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
 prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
-`lineage.json` (base, data, config, code version) for the registry.
+`lineage.json` (base, data, config, code hash) for the registry. No file holds a wall-clock
+figure or a local path (the training time is in the manifest's timings): the same key gives the
+same files in any home.
 
 Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `checkpoint_every` steps to a work directory outside the staging folder,
@@ -18,8 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import llmflow
@@ -30,23 +30,6 @@ from model import finetune as ft
 from tasks.common import step_task
 
 VERSION = 2
-
-
-def code_version() -> dict[str, Any]:
-    """llmflow's version and, when the code is a git checkout, its commit (dirty-marked)."""
-    root = Path(__file__).resolve().parents[1]
-    out: dict[str, Any] = {"llmflow": llmflow.__version__, "git_commit": None}
-    try:
-        out["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        out["git_dirty"] = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
 
 
 def finetune_step(ctx: StepContext) -> dict[str, Any]:
@@ -72,10 +55,14 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         log=lambda m: ctx.logger.info("%s", m),
     )  # fmt: skip
     stats = result.stats
-    ft.save_finetuned(result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"])
+    ctx.timings["seconds"] = stats.pop("seconds")
+    base_name = f"pretrain/{ctx.inputs['base'].key}/model"
+    ft.save_finetuned(
+        result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
+    )
 
     with open(ctx.out / "loss.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr"], extrasaction="ignore")
         w.writeheader()
         w.writerows(result.history)
     with open(ctx.out / "rejects.jsonl", "w") as f:
@@ -84,10 +71,10 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
                 f.write(json.dumps({**r, "split": split}) + "\n")
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))
     lineage = {
-        "base": {"step": "pretrain", "key": ctx.inputs["base"].key, "path": str(base_dir)},
-        "data": {"step": "task_data", "key": ctx.inputs["task"].key, "path": str(task_dir)},
+        "base": {"step": "pretrain", "key": ctx.inputs["base"].key},
+        "data": {"step": "task_data", "key": ctx.inputs["task"].key},
         "config": cfg.model_dump(mode="json"),
-        "code": code_version(),
+        "code": {"llmflow": llmflow.__version__, "sha256": ctx.code},
         "base_fingerprint": stats["base_fingerprint"],
     }
     (ctx.out / "lineage.json").write_text(json.dumps(lineage, indent=2))
@@ -102,7 +89,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     )
     ctx.report(
         f"# Fine-tuning ({cfg.method})\n\n"
-        f"- steps: {stats['steps']} in {stats['seconds']} s\n"
+        f"- steps: {stats['steps']}\n"
         f"- train loss: {stats['first_loss']} → {stats['train_loss']}; validation loss: {stats['val_loss']}\n"
         f"- trainable parameters: {stats['trainable_params']:,} of {stats['total_params']:,} "
         f"({100 * stats['trainable_fraction']:.2f}%)\n"

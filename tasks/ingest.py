@@ -157,8 +157,9 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
     """Read every source into bounded document shards; invalid records go to rejects.
 
     Each source is read into its own store artifact (`ingest_source/<key>`, keyed by the
-    source's config, the shard settings and its files' fingerprint), so adding or editing one
-    source re-reads only that source; the step's shards link to those of its sources.
+    source's config, the shard settings, its files' fingerprint and the step's code hash), so
+    adding or editing one source re-reads only that source, and edited code re-reads them all;
+    the step's shards link to those of its sources.
     """
     cfg: IngestConfig = ctx.config
     fps = fingerprint(cfg)
@@ -173,7 +174,7 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
             "shards": [cfg.shard_docs, cfg.shard_mb],
             "min_chars": cfg.min_chars,
         }
-        key = step_key(SOURCE_STEP, VERSION, src, extra=extra)
+        key = step_key(SOURCE_STEP, VERSION, src, extra=extra, code=ctx.code)
         manifest = ctx.store.manifest(SOURCE_STEP, key)
         cached = manifest is not None
         if manifest is None:

@@ -2,7 +2,9 @@
 
 Inputs: `shards` (pack) and `tokenizer`. Output: `model/` (safetensors + tokenizer files, loadable
 with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint), `metrics.json`,
-`loss.csv`, `loss.png` and a report with samples.
+`loss.csv`, `loss.png` and a report with samples. The wall-clock figures (seconds, tokens/s, MFU,
+energy) go to the manifest's timings and the Prefect UI, not into the files: the same key gives
+the same files.
 
 Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
@@ -33,6 +35,7 @@ from tasks.common import step_task
 
 VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ("seconds", "tokens_per_s", "mfu", "energy_wh")  # of model.train's metrics
 SAMPLE_PROMPTS = ["def ", "The ", "Return the", "import "]
 
 
@@ -146,6 +149,8 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
             cfg, shards, ctx.out, ckpts, tokenizer,
             on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m),
         )  # fmt: skip
+    ctx.timings.update({k: metrics.pop(k) for k in TIMINGS})
+    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # the final checkpoint travels with the artifact; the work directory is then released
     last = sorted(ckpts.glob("step-*"))[-1]
     shutil.copytree(last, ctx.out / "checkpoints" / last.name)
@@ -156,16 +161,14 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     rows = samples(ctx.out / "model")
     (ctx.out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ctx.report(_report(cfg, metrics, rows))
-    ctx.table([{k: v for k, v in metrics.items() if not isinstance(v, dict)}], "metrics")
+    ctx.table([{k: v for k, v in {**metrics, **ctx.timings}.items() if not isinstance(v, dict)}], "metrics")
     return {
         "val_bpb": round(metrics["val_bpb"], 4),
         "val_loss": round(metrics["val_loss"], 4),
         "val_ppl": round(metrics["val_ppl"], 3),
         "steps": metrics["steps"],
         "tokens": metrics["tokens"],
-        "tokens_per_s": metrics["tokens_per_s"],
         "params": metrics["params"],
-        "mfu": metrics["mfu"],
     }
 
 
@@ -176,18 +179,15 @@ def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) 
     lines = [
         f"# Pretraining: {cfg.arch}/{cfg.preset}",
         "",
-        f"{m['params'] / 1e6:.2f}M parameters, {m['steps']} steps, {m['tokens']:,} tokens in "
-        f"{m['seconds']:.0f} s on {m['hardware']} ({m['num_processes']} process(es), precision {m['mixed_precision']}).",
+        f"{m['params'] / 1e6:.2f}M parameters, {m['steps']} steps, {m['tokens']:,} tokens on "
+        f"{m['hardware']} ({m['num_processes']} process(es), precision {m['mixed_precision']}).",
         "",
         "| metric | value |",
         "|---|---|",
         f"| validation bits per byte | {m['val_bpb']:.4f} |",
         f"| validation loss (nats/token) | {m['val_loss']:.4f} |",
         f"| validation perplexity | {m['val_ppl']:.2f} |",
-        f"| tokens/s | {m['tokens_per_s']:,.0f} |",
-        f"| MFU (vs {m['peak_flops_assumed'] / 1e12:.2f} TFLOP/s nominal) | {m['mfu']:.2%} |",
         f"| training FLOPs | {m['flops']:.3g} |",
-        f"| energy (nominal {m['watts_assumed']:.0f} W) | {m['energy_wh']:.3f} Wh |",
         "",
         "## Samples",
         "",
@@ -195,7 +195,8 @@ def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) 
         "|---|---|---|",
         *[f"| {cell(r['prompt'])} | {cell(r['greedy'])} | {cell(r['top_k=40, T=0.8'])} |" for r in rows],
         "",
-        "Files: `model/` (AutoModelForCausalLM + tokenizer), `checkpoints/`, `metrics.json`, `loss.csv`, `loss.png`.",
+        "Files: `model/` (AutoModelForCausalLM + tokenizer), `checkpoints/`, `metrics.json`, `loss.csv`, `loss.png`. "
+        "Throughput (tokens/s, MFU, energy) is in the metrics table and the manifest's timings.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,12 +3,13 @@
 Input `data` (prepare): `train/part-*.parquet` and `validation/part-*.parquet` with a `text`
 column. Output: `spm.model`, `spm.vocab` and the Hugging Face tokenizer files in the artifact root
 (`AutoTokenizer.from_pretrained(dir)` loads it, with the chat template). Training streams the
-documents and reservoir-samples `max_sentences` lines. Before publishing, the step checks on the
+documents and reservoir-samples `max_sentences` lines with `seed`, so the same `prepare` output
+gives byte-identical files (model/tokenizer.py). Before publishing, the step checks on the
 validation split that decoding gives back the text and that the HF tokenizer gives the same ids as
 SentencePiece; either failing is an error. (Unigram only: the two Viterbi implementations break
 ties between equally likely segmentations differently, e.g. inside long runs of spaces; that is
 counted in `hf_mismatches` and logged, not raised. BPE, the default, matches exactly.)
-Stats: vocab_size and bytes_per_token on validation.
+Stats: vocab_size and bytes_per_token on validation; the training time is in the manifest's timings.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def tokenizer_step(ctx: StepContext) -> dict:
         seed=cfg.seed,
     )
     train_s = time.time() - t0
+    ctx.timings["train_seconds"] = round(train_s, 3)
     ctx.progress(1, 3, "exporting the Hugging Face tokenizer")
     hf = tk.export_hf(ctx.out / tk.MODEL_FILE, ctx.out)
 
@@ -126,7 +128,6 @@ def tokenizer_step(ctx: StepContext) -> dict:
         "validation_bytes": nbytes,
         "train_lines_seen": seen,
         "train_lines_sampled": min(seen, cfg.max_sentences),
-        "train_seconds": round(train_s, 3),
         "checked_docs": len(checked),
         "hf_mismatches": len(bad),
     }

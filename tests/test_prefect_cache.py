@@ -108,3 +108,20 @@ def test_a_retry_of_a_forced_run_resumes_its_own_first_try(tmp_path):
     FORCED.clear()
     assert retried(TokenizerConfig(vocab_size=64), str(tmp_path / "b"), force=True) == "Completed"
     assert FORCED == [True, False]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_prefect_cache_hit_whose_files_changed_is_rebuilt(tmp_path, caplog):
+    """The Prefect record is only offered while the files are as the manifest lists them."""
+    home = str(tmp_path / "home")
+    cfg = TokenizerConfig(vocab_size=78)
+    CALLS.clear()
+    assert one_step_state(cfg, home) == "Completed"
+    assert one_step_state(cfg, home) == "Cached"
+    counts = ArtifactStore(home).local_path(("count_words", CALLS[0])) / "counts.txt"
+    counts.write_text("")  # truncated
+    with caplog.at_level("WARNING", logger="llmflow.store"):
+        assert one_step_state(cfg, home) == "Completed"
+    assert len(CALLS) == 2 and counts.read_text() == "702"
+    assert any("counts.txt" in r.getMessage() for r in caplog.records)
+    assert one_step_state(cfg, home) == "Cached"

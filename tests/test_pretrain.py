@@ -95,7 +95,8 @@ def test_pretrain_step_outputs_a_loadable_model_and_report(store, inputs):
         "model/model.safetensors",
     ):
         assert (out / f).exists(), f
-    assert {"val_bpb", "val_loss", "val_ppl", "steps", "tokens", "tokens_per_s", "params"} <= set(ref.stats)
+    assert {"val_bpb", "val_loss", "val_ppl", "steps", "tokens", "params"} <= set(ref.stats)
+    assert {"seconds", "tokens_per_s", "mfu"} <= set(store.manifest("pretrain", ref.key)["timings"])
     assert ref.stats["steps"] == 12 and ref.stats["tokens"] == 12 * 4 * 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_bpb"] == pytest.approx(ref.stats["val_bpb"], abs=1e-4)

@@ -268,3 +268,29 @@ def test_sampling_bounds_the_training_lines(tmp_path, store):
 def test_vocab_too_small_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"tokenizer.vocab_size=100 is smaller than the \d+ pieces"):
         tk.train(tk.document_lines(corpus_docs(20)), tmp_path, vocab_size=100)
+
+
+def test_the_same_input_trains_byte_identical_files_with_any_thread_count(tmp_path):
+    """Sampling on (more lines than max_sentences), each build in its own home: same bytes."""
+    from llmflow.store import MANIFEST, ArtifactStore
+    from tasks.tokenizer import tokenizer_step
+
+    builds = []
+    for i, threads in enumerate([1, 1, 3]):
+        store = ArtifactStore(tmp_path / f"home{i}")
+        data = fake_prepare(store, corpus_docs(300), corpus_docs(10, seed=3))
+        cfg = TokenizerConfig(vocab_size=380, max_sentences=1000, threads=threads)
+        ref = run_step("tokenizer", 1, tokenizer_step, cfg, {"data": data}, store=store)
+        assert ref.stats["train_lines_seen"] > 2 * cfg.max_sentences
+        out = store.local_path(ref)
+        builds.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.name != MANIFEST})
+    assert {"spm.model", "spm.vocab", "tokenizer.json"} <= {str(p) for p in builds[0]}
+    assert builds[0] == builds[1] == builds[2]
+
+
+def test_sampling_is_seeded_and_uniform_in_size():
+    lines = [f"line {i}" for i in range(5000)]
+    a = tk.sample_lines(iter(lines), 100, seed=7)
+    assert a == tk.sample_lines(iter(lines), 100, seed=7) != tk.sample_lines(iter(lines), 100, seed=8)
+    assert len(a) == len(set(a)) == 100 and set(a) <= set(lines)
+    assert tk.sample_lines(iter(lines[:50]), 100, seed=7) == lines[:50]
