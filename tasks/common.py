@@ -28,6 +28,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
+from llmflow.config import InputError
 from llmflow.step import StepFn, compute_key, run_step
 from llmflow.store import ArtifactStore, StepRef
 
@@ -144,6 +145,11 @@ def _resuming(fn: StepFn) -> StepFn:
     return lambda ctx: fn(dataclasses.replace(ctx, force=False))
 
 
+def retry_unless_input_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: a bad input (InputError) fails the same way again, so fail now."""
+    return not isinstance(state.data, InputError)
+
+
 def step_task(
     name: str,
     version: int | str,
@@ -165,6 +171,7 @@ def step_task(
         cache_policy=StoreKeyPolicy(name, version),
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_unless_input_error,
         persist_result=True,
         log_prints=True,
     )
