@@ -1,15 +1,21 @@
 """The `llmflow` command line: one verb per step, `run` for the whole pipeline, operations.
 
 Heavy libraries (Prefect flows, torch) are imported inside the verbs that need them, so
-`llmflow --help` answers at once. A bad config is one line naming the key, exit code 2.
+`llmflow --help` answers at once. Every expected failure is one line saying what to change:
+exit code 2 for a bad config or input (a key, a value, a source, a workspace folder), 1 when the
+environment fails (no space left, a port in use, the Prefect server did not start), 3 when the
+gate rejects the model.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmflow.config import ConfigError, PipelineConfig, load_config
+from llmflow.config import ConfigError, InputError, PipelineConfig, load_config
 
 app = typer.Typer(
     help="llmflow: raw text to a trained, evaluated, continuously improving language model.",
@@ -63,6 +69,42 @@ def _home(home: str | None) -> str:
     # Offline by default: no usage telemetry from the temporary Prefect server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return home
+
+
+def _writable(path: str, what: str, fix: str) -> None:
+    """Create `path` if needed and fail in one line, before any work, when it cannot be written."""
+    if "://" in path:  # a bucket: its client reports its own errors
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        _fail(f"{what} {path} is not a writable folder ({e.strerror or e}): {fix}")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line when nothing can listen on host:port, before starting a server there."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        _fail(f"cannot listen on {host}:{port} ({e.strerror}): check --host")
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                _fail(
+                    f"port {port} on {host} is already in use: stop the server that holds it or "
+                    "choose another --port",
+                    code=1,
+                )
+            _fail(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --host or --port")
 
 
 # --------------------------------------------------------------------------- summaries
@@ -151,10 +193,75 @@ def _print_summary(summary: dict[str, Any], seconds: float, home: str, next_step
     )
 
 
+# Wait for the temporary Prefect server as long as `llmflow server` waits for its own
+# (deployments/localserver.py): Prefect's 20 s is too short on a busy machine.
+SERVER_STARTUP_SECONDS = 180
+
+
+def _prefect_env() -> None:
+    """PREFECT_HOME created, and the server start-up limit set, before Prefect is imported."""
+    prefect_home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
+    _writable(prefect_home, "PREFECT_HOME", "set PREFECT_HOME to a folder you can write")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(SERVER_STARTUP_SECONDS))
+
+
+def _start_prefect() -> None:
+    """Start the temporary Prefect server when PREFECT_API_URL names none, here rather than inside
+    the first task run, so that a server that does not come up is one line (exit code 1)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    try:
+        SubprocessASGIServer().start()
+    except Exception as e:  # Prefect's message runs on with the server's output; its first sentence
+        _fail(
+            f"the temporary Prefect server did not start ({str(e).split('.')[0]}): on a busy machine "
+            f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+            f"({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s now), or run "
+            "`llmflow server` and set PREFECT_API_URL to its API",
+            code=1,
+        )
+
+
+def expected_failure(e: BaseException | None, home: str) -> tuple[str, int] | None:
+    """(one line, exit code) for a failure that needs no traceback: a bad input says what to
+    change (2), a full disk where to free space (1). None for anything else (a bug: traceback)."""
+    if isinstance(e, InputError):
+        return str(e), 2
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+        where = getattr(e, "filename", None) or os.path.abspath(home)
+        return (
+            f"no space left on device writing {where}: free some space or point --home at a larger "
+            "disk, then re-run (finished steps are reused; the failed step published nothing)",
+            1,
+        )
+    return None
+
+
+class _OneLineFailures(logging.Filter):
+    """Prefect logs a failed run's traceback to the console; for an expected failure the one-line
+    error says it all (the Prefect UI keeps the traceback)."""
+
+    def __init__(self, home: str):
+        super().__init__()
+        self.home = home
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and expected_failure(record.exc_info[1], self.home) is not None:
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
     cfg = _config(preset, overrides)
     home = _home(home)
+    _writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
+    _prefect_env()
     from prefect import flow
+    from prefect.logging.handlers import PrefectConsoleHandler
 
     from deployments.progress import RichProgressSink
     from flows.pipeline import compose
@@ -168,6 +275,10 @@ def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool,
 
     from tasks.gate import GateFailed
 
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_OneLineFailures(home))
+    _start_prefect()
     t0 = time.time()
     with RichProgressSink(console) as sink:
         set_progress_sink(sink)
@@ -176,6 +287,11 @@ def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool,
         except GateFailed as e:
             _print_summary(e.summary, time.time() - t0, home, next_steps=False)
             _gate_failed(e, home)
+        except Exception as e:
+            known = expected_failure(e, home)
+            if known is None:
+                raise
+            _fail(*known)
         finally:
             set_progress_sink(None)
     _print_summary(summary, time.time() - t0, home)
@@ -204,7 +320,8 @@ PIPELINE_VERBS = {
     "run": (
         "gate",
         "Run the whole pipeline: ingest, prepare, tokenizer, pack, pretrain, finetune, evaluate, gate. "
-        "Exit code 3 when the gate rejects the model (the reasons are printed), 2 for a bad config.",
+        "Exit code 3 when the gate rejects the model (the reasons are printed), 2 for a bad config or "
+        "input, 1 when the environment fails (no space left, the Prefect server did not start).",
     ),
     "data": ("prepare", "Ingest every source and prepare the data (filters, dedup, PII, split)."),
     "tokenizer": ("tokenizer", "Train the SentencePiece tokenizer on the prepared data."),
@@ -438,6 +555,7 @@ def server(
         )
     if auth:  # this process and the flow runs it starts are clients of that server
         os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
+    _check_port(host, port)
     # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from deployments.localserver import LocalServer, ServerError
@@ -537,6 +655,8 @@ def serve(
     """Serve the champion model over HTTP: /generate, /feedback, /health, /model."""
     cfg = _config(config, set)
     home = _home(home)
+    _writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
+    _check_port(host or cfg.serve.host, port or cfg.serve.port)
     from deployments.service import BindError
     from deployments.service import run as run_service
 

@@ -18,6 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
+# Upper bounds that catch a typo (an extra zero, 1e23) before a run starts, never a real run:
+# each is far beyond the largest run llmflow is meant for.
+MAX_STEPS = 10_000_000  # optimizer steps; published LLM pretraining runs take 10^5 to 10^6
+MAX_BATCH = 65_536  # sequences, examples or micro-batches
+MAX_SECONDS = 366 * 86_400  # a year of wall clock
+MAX_TOKENS = 10**15  # training tokens; the largest published runs use about 10^13
+MAX_ITEMS = 10**12  # documents, examples, batches
+MAX_PROCESSES = 4096  # worker or training processes
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -48,7 +58,9 @@ class SourceConfig(Section):
     include_packages: bool = Field(
         default=False, description="builtin:pydocs only: add docstrings of installed packages (tens of MB)."
     )
-    limit: int | None = Field(default=None, ge=1, description="Read at most this many documents.")
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_ITEMS, description="Read at most this many documents."
+    )
 
 
 class IngestConfig(Section):
@@ -58,7 +70,9 @@ class IngestConfig(Section):
         ],
         min_length=1,
     )
-    shard_docs: int = Field(default=5000, ge=1, description="Documents per output shard (bounds memory).")
+    shard_docs: int = Field(
+        default=5000, ge=1, le=MAX_ITEMS, description="Documents per output shard (bounds memory)."
+    )
     shard_mb: float = Field(
         default=256, gt=0, description="Also close a shard once its text reaches this size."
     )
@@ -90,7 +104,9 @@ class TaskDataConfig(Section):
     include_packages: bool = Field(
         default=False, description="pydocs-summary: also use the installed packages' docstrings."
     )
-    limit: int | None = Field(default=None, ge=1, description="Keep at most this many examples.")
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_ITEMS, description="Keep at most this many examples."
+    )
 
 
 # --------------------------------------------------------------------------- prepare
@@ -202,7 +218,7 @@ class MinHashConfig(Section):
         description="Deduper used on its own: kept docs whose shingles it holds in memory for "
         "verification. The prepare step re-reads shingles from its shard files instead.",
     )
-    seed: int = 1
+    seed: int = Field(default=1, ge=0, le=MAX_SEED)
 
 
 class DedupConfig(Section):
@@ -241,7 +257,9 @@ class PrepareConfig(Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     validation_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Split by id hash.")
-    workers: int = Field(default=1, ge=0, description="Processes for the per-shard work; 0 = all cores.")
+    workers: int = Field(
+        default=1, ge=0, le=MAX_PROCESSES, description="Processes for the per-shard work; 0 = all cores."
+    )
     examples_per_reason: int = Field(default=3, ge=0, description="Reject examples in the data report.")
 
 
@@ -261,21 +279,29 @@ class TokenizerConfig(Section):
     )
     character_coverage: float = Field(default=0.9995, gt=0.9, le=1.0)
     max_sentences: int = Field(
-        default=200_000, ge=1000, description="Reservoir-sample at most this many lines for training."
+        default=200_000,
+        ge=1000,
+        le=MAX_ITEMS,
+        description="Reservoir-sample at most this many lines for training.",
     )
     byte_fallback: bool = Field(default=True, description="Unknown characters become UTF-8 byte pieces.")
     split_digits: bool = Field(default=True, description="Every digit is its own piece.")
     threads: int = Field(
-        default=0, ge=0, description="Training threads; 0 = 16 on any machine (unigram pieces depend on it)."
+        default=0,
+        ge=0,
+        le=MAX_PROCESSES,
+        description="Training threads; 0 = 16 on any machine (unigram pieces depend on it).",
     )
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
 class PackConfig(Section):
     """Encoding the splits into flat token shards (eos after every document)."""
 
-    workers: int = Field(default=0, ge=0, description="Encoding processes; 0 = all cores.")
-    batch_docs: int = Field(default=256, ge=1, description="Documents per unit of work (bounds memory).")
+    workers: int = Field(default=0, ge=0, le=MAX_PROCESSES, description="Encoding processes; 0 = all cores.")
+    batch_docs: int = Field(
+        default=256, ge=1, le=MAX_ITEMS, description="Documents per unit of work (bounds memory)."
+    )
 
 
 # --------------------------------------------------------------------------- model training
@@ -287,11 +313,13 @@ class PretrainConfig(Section):
         default="qwen3", description="transformers family (see benchmarks/RESULTS.md for the choice)."
     )
     seq_len: int = Field(default=256, ge=8, le=32_768)
-    batch_size: int = Field(default=16, ge=1, description="Sequences per micro-batch per process.")
-    grad_accum: int = Field(default=1, ge=1)
+    batch_size: int = Field(
+        default=16, ge=1, le=MAX_BATCH, description="Sequences per micro-batch per process."
+    )
+    grad_accum: int = Field(default=1, ge=1, le=MAX_BATCH)
     lr: float = Field(default=3e-3, gt=0, le=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=20, ge=0)
+    warmup_steps: int = Field(default=20, ge=0, le=MAX_STEPS)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     decay_fraction: float = Field(
         default=0.2, gt=0, le=1, description="wsd: share of the run spent decaying."
@@ -299,9 +327,9 @@ class PretrainConfig(Section):
     optimizer: Literal["adamw", "muon"] = "adamw"
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, ge=0)
-    max_steps: int = Field(default=200, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_seconds: float | None = Field(default=None, gt=0)
+    max_steps: int = Field(default=200, ge=1, le=MAX_STEPS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False
@@ -309,25 +337,27 @@ class PretrainConfig(Section):
         default=None, ge=8, description="Sparse (sliding-window) attention span."
     )
     tie_embeddings: bool = True
-    eval_every: int = Field(default=50, ge=1)
-    eval_batches: int = Field(default=8, ge=1)
-    checkpoint_every: int = Field(default=100, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+    eval_every: int = Field(default=50, ge=1, le=MAX_STEPS)
+    eval_batches: int = Field(default=8, ge=1, le=MAX_ITEMS)
+    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="Most recent checkpoints kept.")
     resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
-    log_every: int = Field(default=10, ge=1)
-    num_processes: int = Field(default=1, ge=1, description=">1 runs `accelerate launch` as a subprocess.")
-    seed: int = 1234
+    log_every: int = Field(default=10, ge=1, le=MAX_STEPS)
+    num_processes: int = Field(
+        default=1, ge=1, le=MAX_PROCESSES, description=">1 runs `accelerate launch` as a subprocess."
+    )
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
 class DPOConfig(Section):
     """Preference tuning (DPO, sigmoid loss) on (prompt, chosen, rejected) triples."""
 
     beta: float = Field(default=0.1, gt=0, le=10, description="Strength of the KL anchor to the reference.")
-    steps: int = Field(default=50, ge=1)
+    steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     lr: float = Field(default=5e-4, gt=0, le=1)
-    batch_size: int = Field(default=8, ge=1, description="Triples per step.")
-    warmup_steps: int = Field(default=5, ge=0)
-    seed: int = 1234
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Triples per step.")
+    warmup_steps: int = Field(default=5, ge=0, le=MAX_STEPS)
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
 class FinetuneConfig(Section):
@@ -345,29 +375,39 @@ class FinetuneConfig(Section):
     num_virtual_tokens: int = Field(default=16, ge=1, le=512)
     prompt_init_text: str = "Summarize the documented Python function in one line."
     lr: float = Field(default=1e-3, gt=0, le=1)
-    batch_size: int = Field(default=16, ge=1)
-    max_steps: int = Field(default=100, ge=1)
-    max_seconds: float | None = Field(default=None, gt=0)
-    max_len: int = Field(default=256, ge=16)
-    warmup_steps: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
+    max_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    max_len: int = Field(default=256, ge=16, le=32_768)
+    warmup_steps: int = Field(default=10, ge=0, le=MAX_STEPS)
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decay of trainable matrices.")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
-    checkpoint_every: int = Field(default=50, ge=1, description="Steps between resumable checkpoints.")
-    keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+    checkpoint_every: int = Field(
+        default=50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints."
+    )
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="Most recent checkpoints kept.")
     resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Used by preference tuning (feedback).")
 
 
 class EvaluateConfig(Section):
     """Held-out evaluation of the fine-tuned model (see tasks/evaluate.py)."""
 
-    max_samples: int = Field(default=200, ge=1, description="Test examples to generate for (the first N).")
+    max_samples: int = Field(
+        default=200, ge=1, le=MAX_ITEMS, description="Test examples to generate for (the first N)."
+    )
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
-    batch_size: int = Field(default=16, ge=1, description="Generation and scoring batch size.")
-    bpb_batches: int = Field(default=16, ge=1, description="Validation batches for bits per byte.")
-    bpb_seq_len: int = Field(default=256, ge=8, description="Window for bits per byte (capped by the model).")
-    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for 95% CIs (0 = none).")
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH, description="Generation and scoring batch size.")
+    bpb_batches: int = Field(
+        default=16, ge=1, le=MAX_ITEMS, description="Validation batches for bits per byte."
+    )
+    bpb_seq_len: int = Field(
+        default=256, ge=8, le=32_768, description="Window for bits per byte (capped by the model)."
+    )
+    bootstrap: int = Field(
+        default=1000, ge=0, le=100_000, description="Bootstrap resamples for 95% CIs (0 = none)."
+    )
     baselines: bool = Field(
         default=True,
         description="Also score the model before fine-tuning and the task's trivial baselines on the "
@@ -375,12 +415,15 @@ class EvaluateConfig(Section):
     )
     bias: bool = Field(default=True, description="Run the bias and fairness suite.")
     counterfactual_samples: int = Field(
-        default=32, ge=0, description="Test prompts re-asked with swapped names/pronouns/groups (0 = off)."
+        default=32,
+        ge=0,
+        le=MAX_ITEMS,
+        description="Test prompts re-asked with swapped names/pronouns/groups (0 = off).",
     )
     toxicity_threshold: float = Field(
         default=0.0, ge=0, le=1, description="A generation whose toxicity score exceeds this is toxic."
     )
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
 class Threshold(Section):
@@ -470,7 +513,7 @@ class GateConfig(Section):
     )
     bootstrap: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     promote: bool = Field(default=True, description="Promote to champion when the gate passes.")
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _something_to_check(self) -> GateConfig:
@@ -579,6 +622,13 @@ class ConfigError(ValueError):
     """A bad config: the message is one line that names the key."""
 
 
+class InputError(ValueError):
+    """The config is valid but what it points at cannot be used: a source path that does not
+    exist, a source whose every record is rejected, checkpoints of which none loads. The message
+    is one line naming the input and what to change. Trying again fails the same way, so a step
+    that raises it is not retried, and `llmflow` exits with code 2 as for a bad config."""
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
@@ -593,12 +643,17 @@ def resolve_preset(name_or_path: str | os.PathLike[str]) -> Path:
     if p.suffix in {".yaml", ".yml"} or p.exists():
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
+        if p.is_dir():
+            raise ConfigError(f"config {p} is a folder: name a YAML file or a preset ({_known_presets()})")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
-        known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown preset '{name_or_path}' (known: {known})")
+        raise ConfigError(f"unknown preset '{name_or_path}' ({_known_presets()})")
     return candidate
+
+
+def _known_presets() -> str:
+    return "known: " + ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -653,7 +708,11 @@ def load_config(
     if preset is not None:
         path = resolve_preset(preset)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):

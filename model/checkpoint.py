@@ -20,8 +20,9 @@ process killed mid-save leaves no directory that looks complete. Loading never u
 tensors through safetensors and `torch.load(weights_only=True)`, the rest as JSON.
 
 `latest()` walks checkpoints newest first and returns the first that loads; corrupt or partial
-ones are skipped with a warning. A checkpoint of another architecture is an error, not a
-fallback: resuming it would silently train something else.
+ones are skipped with a warning. When none loads, the run stops (`NoUsableCheckpoint`) and says
+to re-run with `--force`, which removes them and starts from step 0. A checkpoint of another
+architecture is an error, not a fallback: resuming it would silently train something else.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from llmflow.config import InputError
 from model.presets import arch_signature
 
 log = logging.getLogger("llmflow.model")
@@ -48,6 +50,11 @@ ADAPTER_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "num_virtual
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed (corrupt, partial, or of another architecture)."""
+
+
+class NoUsableCheckpoint(CheckpointError, InputError):
+    """Checkpoints exist and none loads. Starting over would discard them unasked and a retry
+    fails the same way, so the run stops; the message says how to start from step 0."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -253,7 +260,7 @@ def latest(
     """Load the newest checkpoint that loads; None when there is none at all.
 
     Corrupt or partial checkpoints are skipped (logged); an architecture mismatch raises; if
-    checkpoints exist but none loads, raises CheckpointError rather than restarting silently.
+    checkpoints exist but none loads, raises NoUsableCheckpoint rather than restarting silently.
     """
     found = candidates(root)
     errors = []
@@ -269,5 +276,8 @@ def latest(
         state["path"] = str(ckpt)
         return state
     if found:
-        raise CheckpointError(f"no checkpoint under {root} could be loaded: {'; '.join(errors)}")
+        raise NoUsableCheckpoint(
+            f"no checkpoint under {root} could be loaded ({len(found)} tried): re-run with --force to "
+            f"start from step 0 (it removes them); {'; '.join(errors)}"
+        )
     return None

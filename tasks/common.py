@@ -30,6 +30,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
+from llmflow.config import InputError
 from llmflow.step import StepFn, compute_key, run_step
 from llmflow.store import ArtifactStore, StepRef
 
@@ -157,6 +158,11 @@ def _resuming(fn: StepFn) -> StepFn:
     return resuming
 
 
+def retry_unless_input_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: a bad input (InputError) fails the same way again, so fail now."""
+    return not isinstance(state.data, InputError)
+
+
 def step_task(
     name: str,
     version: int | str,
@@ -178,6 +184,7 @@ def step_task(
         cache_policy=StoreKeyPolicy(name, version, fn),
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_unless_input_error,
         persist_result=True,
         log_prints=True,
     )

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmflow.config import IngestConfig, SourceConfig
+from llmflow.config import IngestConfig, InputError, SourceConfig
 from llmflow.step import StepContext
 from llmflow.store import step_key
 from tasks.common import step_task
@@ -159,7 +159,8 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
     Each source is read into its own store artifact (`ingest_source/<key>`, keyed by the
     source's config, the shard settings, its files' fingerprint and the step's code hash), so
     adding or editing one source re-reads only that source, and edited code re-reads them all;
-    the step's shards link to those of its sources.
+    the step's shards link to those of its sources. A source that yields no document at all
+    (every record rejected) is an `InputError` naming it.
     """
     cfg: IngestConfig = ctx.config
     fps = fingerprint(cfg)
@@ -167,6 +168,7 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     by_license: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
+    empty: list[str] = []
     for i, src in enumerate(cfg.sources):
         ctx.progress(i, len(cfg.sources), f"reading source {src.name} ({src.kind}: {src.path})")
         extra = {
@@ -189,6 +191,8 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
                 _link(f, ctx.out / sub / f"part-{shards[sub]:05d}.parquet")
                 shards[sub] += 1
         st = manifest["stats"]
+        if st["documents"] == 0:
+            empty.append(_no_documents(src, st, part / "rejects"))
         by_license[src.license] += st["documents"]
         by_reason.update(st["rejects_by_reason"])
         rows.append(
@@ -197,9 +201,9 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
         )
     ctx.progress(len(cfg.sources), len(cfg.sources), "done")
 
+    if empty:
+        raise InputError("; ".join(empty))
     n_docs, n_rej, n_bytes = (sum(r[k] for r in rows) for k in ("documents", "rejected", "bytes"))
-    if n_docs == 0:
-        raise ValueError(f"ingest produced no documents ({n_rej} rejected: {dict(by_reason)})")
     ctx.table(rows, "sources")
     ctx.report(_report(rows, by_license, by_reason, n_docs, n_rej, n_bytes, shards["docs"]))
     return {
@@ -213,6 +217,17 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
         "rejects_by_reason": dict(by_reason),
         "sources_cached": sum(r["cached"] for r in rows),
     }
+
+
+def _no_documents(src: SourceConfig, stats: dict[str, Any], rejects: Path) -> str:
+    """One line: which source gave nothing, why its records were rejected, and what to change."""
+    by_reason = sorted(stats["rejects_by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
+    reasons = ", ".join(f"{k} {v:,}" for k, v in by_reason)
+    hint = "its text_field" if "invalid:missing_field" in stats["rejects_by_reason"] else "its files"
+    return (
+        f"source {src.name!r} ({src.kind}: {src.path}) gave no documents: every record was rejected "
+        f"({reasons}); check {hint} and the source's kind (rejects in {rejects})"
+    )
 
 
 def _report(

@@ -10,11 +10,14 @@ as an invalid record whose `reason` is `invalid:<why>`:
 * `invalid:type`          the text field is not a string
 * `invalid:empty`         empty or whitespace-only text, or a file with no records at all
 * `invalid:read`          a file or dataset that cannot be opened (corrupt Parquet, bad HF path)
+* `invalid:csv`           a CSV row that is not well-formed, e.g. a stray quote, or a quote never
+                          closed, which would swallow the rows after it: the reject holds the
+                          raw lines, and reading resumes at the next line
 
 Readers never raise on bad data and never hold a whole corpus: text files are read one at a
 time, JSONL and CSV line by line, Parquet by record batches, Hugging Face datasets as iterables.
 Blank lines of a JSONL file are separators, not records. A source that matches no files at all
-is a configuration error and raises `FileNotFoundError` naming the source.
+is a configuration error and raises `InputError` naming the source.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
-from llmflow.config import SourceConfig
+from llmflow.config import InputError, SourceConfig
 
 DEFAULT_GLOBS = {
     "text": ["**/*.txt", "**/*.md"],
@@ -38,6 +41,7 @@ DEFAULT_GLOBS = {
     "csv": ["**/*.csv"],
 }
 BATCH_ROWS = 1024
+BAD_ROW_CHARS = 1_000_000  # raw text kept for a malformed CSV row (a runaway quote can span a file)
 SCALAR = (str, int, float, bool, type(None))
 
 
@@ -186,12 +190,40 @@ def read_parquet_file(f: Path, name: str, base_meta: dict[str, Any], text_field:
     yield from _rows_from_batches(batches, name, meta, text_field, "row")
 
 
+class _Lines:
+    """A file's lines, keeping those read since `mark()`: the raw text of a row csv rejects."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.kept: list[str] = []
+        self.chars = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        if self.chars < BAD_ROW_CHARS:
+            self.kept.append(line[: BAD_ROW_CHARS - self.chars])
+            self.chars += len(self.kept[-1])
+        return line
+
+    def mark(self) -> None:
+        self.kept, self.chars = [], 0
+
+    def text(self) -> str:
+        return "".join(self.kept)
+
+
 def read_csv_file(f: Path, name: str, base_meta: dict[str, Any], text_field: str) -> Iterator[Record]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one field
     meta = {**base_meta, "path": name, "file": str(f)}
     # surrogateescape keeps undecodable bytes in the row, so one bad row is one reject
     with open(f, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
-        reader = csv.DictReader(fh)
+        lines = _Lines(fh)
+        # strict: a quote left open fails at the end of the file instead of silently merging
+        # every row after it into one field; a stray quote fails its row instead of being dropped
+        reader = csv.DictReader(lines, strict=True)
         try:
             header = reader.fieldnames
         except csv.Error as e:
@@ -206,13 +238,22 @@ def read_csv_file(f: Path, name: str, base_meta: dict[str, Any], text_field: str
             return
         n = 0
         while True:
+            lines.mark()
+            first = reader.reader.line_num + 1
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
-                yield Record(f"{name}:{reader.line_num}", None, {**meta, "error": str(e)}, "invalid:read")
-                break
+                last = reader.reader.line_num
+                span = f"{first}-{last}" if last > first else str(first)
+                err = f"{e} (lines {span})"
+                text = lines.text().encode("utf-8", "replace").decode()
+                yield Record(
+                    f"{name}:{n}", text, {**meta, "row": n, "lines": span, "error": err}, "invalid:csv"
+                )
+                n += 1
+                continue
             loc = f"{name}:{n}"
             fields = {k: v for k, v in row.items() if isinstance(k, str) and not _has_surrogates(str(v))}
             yield _check_text(row.get(text_field), loc, {**_scalars(fields, text_field), **meta, "row": n})
@@ -282,7 +323,7 @@ def _read_all(src: SourceConfig) -> Iterator[Record]:
     base = {"source": src.name, "license": src.license}
     if src.kind == "builtin":
         if src.path != "pydocs":
-            raise ValueError(f"source {src.name!r}: unknown builtin corpus {src.path!r} (known: pydocs)")
+            raise InputError(f"source {src.name!r}: unknown builtin corpus {src.path!r} (known: pydocs)")
         from tasks import pydocs
 
         for loc, text, meta in pydocs.iter_documents(src.include_packages):
@@ -294,11 +335,11 @@ def _read_all(src: SourceConfig) -> Iterator[Record]:
     try:
         files = resolve_files(src.path, src.kind, src.glob)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"source {src.name!r}: {e}") from None
+        raise InputError(f"source {src.name!r}: {e}: fix its path in ingest.sources") from None
     if not files:
-        raise FileNotFoundError(
+        raise InputError(
             f"source {src.name!r}: no {src.kind} files under {src.path} "
-            f"(glob {src.glob or DEFAULT_GLOBS.get(src.kind)})"
+            f"(glob {src.glob or DEFAULT_GLOBS.get(src.kind)}): fix its path or glob in ingest.sources"
         )
     for f, name in files:
         if src.kind == "text":

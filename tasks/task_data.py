@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmflow.config import TaskDataConfig
+from llmflow.config import InputError, TaskDataConfig
 from llmflow.step import StepContext
 from tasks.common import step_task
 
@@ -146,9 +146,12 @@ def file_examples(cfg: TaskDataConfig, rejects: list[dict[str, Any]]) -> Iterato
     from tasks.readers import resolve_files
 
     kind = "parquet" if cfg.source.endswith(".parquet") else "jsonl"
-    files = resolve_files(cfg.source, kind)
+    try:
+        files = resolve_files(cfg.source, kind)
+    except FileNotFoundError as e:
+        raise InputError(f"task_data.source: {e}: name a JSONL/Parquet file or folder") from None
     if not files:
-        raise FileNotFoundError(f"task_data.source: no JSONL/Parquet files in {cfg.source}")
+        raise InputError(f"task_data.source: no JSONL/Parquet files in {cfg.source}")
     for f, name in files:
         for n, row, reason in _file_rows(f):
             rid = f"{name}:{n}"
@@ -228,7 +231,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
     if cfg.source == BUILTIN:
         examples = pydocs_examples(cfg, rejects)
     elif cfg.source.startswith("builtin:"):
-        raise ValueError(f"task_data.source: unknown builtin {cfg.source!r} (known: {BUILTIN})")
+        raise InputError(f"task_data.source: unknown builtin {cfg.source!r} (known: {BUILTIN})")
     else:
         examples = file_examples(cfg, rejects)
 
@@ -247,7 +250,11 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
     if cfg.limit is not None and len(kept) > cfg.limit:
         kept = sorted(kept, key=lambda e: _hash01(f"limit:{e.id}"))[: cfg.limit]
     if not kept:
-        raise ValueError(f"task_data: no usable examples from {cfg.source} ({len(rejects)} rejected)")
+        reasons = ", ".join(f"{k} {v:,}" for k, v in Counter(r["reason"] for r in rejects).most_common())
+        raise InputError(
+            f"task_data.source {cfg.source}: no usable examples ({len(rejects):,} rejected: "
+            f"{reasons or 'none'}); each row needs prompt and response strings, or messages"
+        )
 
     split_of = assign_splits([e.group for e in kept], cfg.validation_fraction, cfg.test_fraction)
     counts: Counter[str] = Counter()

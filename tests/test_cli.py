@@ -1,8 +1,11 @@
-"""The command line: fast help, one-line config errors with exit code 2."""
+"""The command line: fast help; every expected failure is one line: exit code 2 for a bad config
+or input, 1 for a failing environment, 3 for a failed gate."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +16,24 @@ LLMFLOW = [sys.executable, "-m", "deployments.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*LLMFLOW, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def _run(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LLMFLOW, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _one_error_line(res: subprocess.CompletedProcess, code: int, message: str) -> None:
+    """Exit `code`, no traceback, and exactly one `error:` line, which says `message`."""
+    out = res.stderr + res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == code, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert len(errors) == 1 and message in errors[0], errors
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
@@ -53,6 +72,9 @@ def test_each_verb_has_help(verb):
         (["--set", "pretrain.max_stepz=3"], "unknown config key 'pretrain.max_stepz'"),
         (["--set", "pretrain.lr=fast"], "invalid value for 'pretrain.lr'"),
         (["--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
+        (["--config", "configs"], "is a folder: name a YAML file or a preset"),
+        (["--config", sys.executable], "not a YAML file"),
+        (["--set", "pretrain.max_steps=100000000000000000000000"], "less than or equal to 10000000"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(args, message):
@@ -113,3 +135,84 @@ def test_server_refuses_another_address_without_a_login():
         "PREFECT_SERVER_API_AUTH_STRING=user:password (clients then set PREFECT_API_AUTH_STRING), or bind "
         "127.0.0.1"
     ]
+
+
+def test_an_unusable_workspace_is_one_line_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = _run("data", "--config", "smoke", "--home", str(blocker / "home"))
+    _one_error_line(res, 2, f"the workspace {blocker / 'home'} is not a writable folder")
+    res = _run(
+        "data",
+        "--config",
+        "smoke",
+        "--home",
+        str(tmp_path / "home"),
+        env={"PREFECT_HOME": str(blocker / "p")},
+    )
+    _one_error_line(res, 2, "PREFECT_HOME")
+    assert "Starting temporary server" not in res.stderr
+
+
+def test_a_prefect_server_that_does_not_start_is_one_line_exit_1(tmp_path):
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"}
+    res = _run("data", "--config", "smoke", "--home", str(tmp_path / "home"), env=env)
+    _one_error_line(res, 1, "the temporary Prefect server did not start")
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in res.stderr
+
+
+def test_a_port_in_use_is_one_line_exit_1(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        for verb in ("serve", "server"):
+            res = _run(verb, "--port", port, "--home", str(tmp_path / "home"))
+            _one_error_line(res, 1, f"port {port} on 127.0.0.1 is already in use")
+
+
+@pytest.mark.slow
+def test_a_missing_source_is_one_line_exit_2_and_not_retried(tmp_path):
+    """Under a PREFECT_HOME whose parent does not exist yet (it is created)."""
+    env = {"PREFECT_HOME": str(tmp_path / "new" / "prefect")}
+    source = "ingest.sources=[{name: notes, kind: text, path: " + str(tmp_path / "nope") + "}]"
+    res = _run(
+        "data", "--config", "smoke", "--home", str(tmp_path / "home"), "--set", source, env=env, timeout=300
+    )
+    _one_error_line(res, 2, f"source 'notes': no such file, folder or glob: {tmp_path / 'nope'}")
+    assert "Retry" not in res.stderr
+
+
+def test_expected_failures_are_one_line_and_the_rest_a_traceback(tmp_path):
+    from deployments.cli import expected_failure
+    from llmflow.config import InputError
+
+    assert expected_failure(InputError("source 'a': fix its path"), "h") == ("source 'a': fix its path", 2)
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "shard.parquet"))
+    message, code = expected_failure(full, str(tmp_path))
+    assert code == 1 and message.startswith(f"no space left on device writing {tmp_path / 'shard.parquet'}")
+    torch_full = RuntimeError(
+        "[enforce fail at inline_container.cc:603] . unexpected pos; No space left on device"
+    )
+    assert expected_failure(torch_full, str(tmp_path))[1] == 1
+    assert expected_failure(ValueError("a bug"), "h") is None
+    assert expected_failure(OSError(errno.EACCES, "Permission denied"), "h") is None
+
+
+def test_prefect_console_logs_no_traceback_for_an_expected_failure():
+    import logging
+
+    from deployments.cli import _OneLineFailures
+    from llmflow.config import InputError
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            return logging.LogRecord(
+                "prefect.task_runs", logging.ERROR, "f", 1, "failed", None, sys.exc_info()
+            )
+
+    quiet, loud = record(InputError("source 'a': fix its path")), record(ValueError("a bug"))
+    assert _OneLineFailures("h").filter(quiet) and quiet.exc_info is None
+    assert _OneLineFailures("h").filter(loud) and loud.exc_info is not None

@@ -37,6 +37,10 @@ def test_override_list_and_list_index():
         ("pretrain.max_steps=many", "invalid value for 'pretrain.max_steps'"),
         ("tokenizer.model_type=wordpiece", "invalid value for 'tokenizer.model_type'"),
         ("noequals", "not of the form section.key=value"),
+        ("pretrain.max_steps=100000000000000000000000", "less than or equal to 10000000"),
+        ("finetune.max_seconds=.inf", "invalid value for 'finetune.max_seconds'"),
+        ("evaluate.max_samples=1000000000000000", "invalid value for 'evaluate.max_samples'"),
+        ("pretrain.seed=-1", "invalid value for 'pretrain.seed'"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -51,6 +55,15 @@ def test_unknown_preset_and_missing_file():
         load_config("nope")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("does/not/exist.yaml")
+
+
+def test_a_folder_or_a_binary_file_as_config_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder: name a YAML file or a preset"):
+        load_config(str(tmp_path))
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ConfigError, match="not a YAML file"):
+        load_config(str(binary))
 
 
 def test_yaml_file(tmp_path):
@@ -76,5 +89,5 @@ def test_json_schema_for_ui_forms():
     """Deployments expose these models as typed parameter forms: the schema carries descriptions and bounds."""
     schema = PipelineConfig.model_json_schema()
     pre = schema["$defs"]["PretrainConfig"]["properties"]
-    assert pre["max_steps"]["minimum"] == 1
+    assert pre["max_steps"]["minimum"] == 1 and pre["max_steps"]["maximum"] == 10_000_000
     assert "description" in pre["num_processes"]

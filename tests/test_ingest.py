@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmflow.config import IngestConfig, SourceConfig
+from llmflow.config import IngestConfig, InputError, SourceConfig
 from llmflow.step import run_step
 from llmflow.store import ArtifactStore
 from tasks.ingest import ingest_step
@@ -132,16 +132,31 @@ def test_csv_reader_large_fields_and_bad_rows(tmp_path: Path):
     assert reasons(records(kind="csv", path=str(tmp_path / "nocol.csv"))) == ["invalid:missing_field"]
 
 
+def test_csv_quote_never_closed_is_one_reject_not_merged_rows(tmp_path: Path):
+    f = tmp_path / "q.csv"
+    f.write_text('text,label\nfirst,a\n"open quote,b\nthird,c\nfourth,d\n')
+    recs = records(kind="csv", path=str(f))
+    assert [r.text for r in recs if r.ok] == ["first"]
+    (bad,) = [r for r in recs if not r.ok]
+    assert bad.reason == "invalid:csv" and bad.meta["lines"] == "3-5"
+    assert bad.text == '"open quote,b\nthird,c\nfourth,d\n'  # the raw rows it swallowed, kept
+    # a stray quote rejects its own row only; reading goes on at the next line
+    f.write_text('text,label\n"stray" quote,a\nnext,b\n"fine, quoted\nover two lines",c\n')
+    recs = records(kind="csv", path=str(f))
+    assert [r.text for r in recs if r.ok] == ["next", "fine, quoted\nover two lines"]
+    assert reasons(recs) == ["invalid:csv"] and recs[0].text == '"stray" quote,a\n'
+
+
 def test_limit_counts_documents(tmp_path: Path):
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(10)))
     assert len(records(kind="jsonl", path=str(f), limit=3)) == 3
 
 
-def test_missing_path_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="source 's'"):
+def test_missing_path_is_an_input_error_naming_the_source(tmp_path: Path):
+    with pytest.raises(InputError, match="source 's': no such file.*fix its path"):
         records(kind="text", path=str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="no text files"):
+    with pytest.raises(InputError, match="no text files"):
         records(kind="text", path=str(tmp_path))
 
 
@@ -227,7 +242,7 @@ def test_ingest_cuts_reject_text_and_fails_clearly_without_documents(tmp_path: P
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps({"text": 5}) + "\n" + "{" + "x" * 5000 + "\n")
     cfg = IngestConfig(sources=[SourceConfig(name="j", kind="jsonl", path=str(f))])
-    with pytest.raises(ValueError, match="no documents"):
+    with pytest.raises(InputError, match=r"source 'j' .* gave no documents.*invalid:json 1, invalid:type 1"):
         run_step("ingest", 1, ingest_step, cfg, store=ArtifactStore(tmp_path / "h"))
     f.write_text(json.dumps({"text": "fine"}) + "\n" + "{" + "x" * 5000 + "\n")
     ref = run_step("ingest", 1, ingest_step, cfg, store=ArtifactStore(tmp_path / "h"))
@@ -270,3 +285,37 @@ def test_adding_a_source_rereads_only_that_source(tmp_path: Path):
     three = run_step("ingest", 1, ingest_step, IngestConfig(sources=[a, b]), store=store, force=True)
     assert three.stats["sources_cached"] == 1  # a changed and is re-read; b is reused
     assert "edited" in _read_parquets(Path(three.uri) / "docs")[0]["text"]
+
+
+def test_a_full_disk_mid_step_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch):
+    import errno
+    import os
+
+    import tasks.ingest
+
+    for i in range(3):
+        (tmp_path / "src" / f"{i}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "src" / f"{i}.txt").write_text(f"document {i}")
+    cfg = IngestConfig(
+        sources=[SourceConfig(name="t", kind="text", path=str(tmp_path / "src"))], shard_docs=1
+    )
+    store = ArtifactStore(tmp_path / "home")
+    write_table, calls = pq.write_table, []
+
+    def second_write_fills_the_disk(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 2:
+            Path(where).write_bytes(b"PAR1 half a shard")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+        write_table(table, where, **kw)
+
+    monkeypatch.setattr(tasks.ingest.pq, "write_table", second_write_fills_the_disk)
+    with pytest.raises(OSError) as e:
+        run_step("ingest", 1, ingest_step, cfg, store=store)
+    assert e.value.errno == errno.ENOSPC
+    artifacts = tmp_path / "home" / "artifacts"
+    assert store.list("ingest") == [] and store.list("ingest_source") == []
+    assert [p for p in artifacts.rglob("*") if p.is_file()] == []  # staging removed, shards included
+    monkeypatch.undo()  # space freed: the next run builds it whole
+    ref = run_step("ingest", 1, ingest_step, cfg, store=store)
+    assert ref.status == "ran" and ref.stats["documents"] == 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmflow.config import PretrainConfig
+from llmflow.config import InputError, PretrainConfig
 from model import checkpoint as ckpt
 from model.data import ShardError, TrainBatches, eval_windows, open_split
 from model.eval import bits_per_byte, evaluate_bpb
@@ -221,8 +221,9 @@ def test_corrupt_checkpoint_falls_back_and_other_arch_is_an_error(tmp_path, shar
     assert state["step"] == 2 and state["path"].endswith("step-00000002")
     # a partial checkpoint (no state.json) is skipped too
     (root / "step-00000002" / "state.json").unlink()
-    with pytest.raises(ckpt.CheckpointError, match="could be loaded"):
+    with pytest.raises(ckpt.NoUsableCheckpoint, match="could be loaded .*re-run with --force") as e:
         ckpt.latest(root, model, opts)
+    assert isinstance(e.value, InputError) and "\n" not in str(e.value)  # `llmflow` prints one line, exit 2
     # a checkpoint of another architecture is refused with the differing fields named
     train(cfg, shards, tmp_path / "ok", log=lambda m: None)
     other = build_model(build_config("small", VOCAB))

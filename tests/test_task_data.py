@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmflow.config import TaskDataConfig
+from llmflow.config import InputError, TaskDataConfig
 from llmflow.step import run_step
 from llmflow.store import ArtifactStore
 from tasks.task_data import SPLITS, assign_splits, summary_and_body, task_data_step
@@ -135,7 +135,7 @@ def test_file_source_parquet(tmp_path: Path):
 
 
 def test_bad_sources_are_clear_errors(tmp_path: Path):
-    with pytest.raises(ValueError, match="unknown builtin"):
+    with pytest.raises(InputError, match="unknown builtin"):
         run_step(
             "task_data",
             1,
@@ -144,7 +144,7 @@ def test_bad_sources_are_clear_errors(tmp_path: Path):
             store=ArtifactStore(tmp_path),
         )
     (tmp_path / "bad.jsonl").write_text('{"x": 1}\n')
-    with pytest.raises(ValueError, match="no usable examples"):
+    with pytest.raises(InputError, match="no usable examples.*invalid:missing_field 1"):
         run_step(
             "task_data",
             1,
@@ -152,6 +152,9 @@ def test_bad_sources_are_clear_errors(tmp_path: Path):
             TaskDataConfig(source=str(tmp_path / "bad.jsonl")),
             store=ArtifactStore(tmp_path),
         )
+    missing = TaskDataConfig(source=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(InputError, match="task_data.source: no such file"):
+        run_step("task_data", 1, task_data_step, missing, store=ArtifactStore(tmp_path))
 
 
 def test_fingerprint_follows_the_task_file(tmp_path: Path):
