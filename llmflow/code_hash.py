@@ -33,11 +33,17 @@ EXCLUDED = frozenset(
         "llmflow.step",  # runs a step: keys, staging, publishing
         "llmflow.store",  # where artifacts live and how they are verified
         "tasks.common",  # the Prefect adapter: cache policy, retries, UI artifacts
-        "llmflow.config",  # the schema; its effect on a step is the config values, in the key
+        "llmflow.config",  # the schema (a package: all of it); its effect on a step is the
+        # config values, in the key
         "llmflow.events",  # event names, emitted after a step
     }
 )
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def excluded(module: str) -> bool:
+    """An excluded module, or a module inside an excluded package."""
+    return any(module == e or module.startswith(e + ".") for e in EXCLUDED)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class CodeHasher:
         todo = [(name, source)] if source else []
         while todo:
             mod, path = todo.pop()
-            if mod in files or mod in EXCLUDED:
+            if mod in files or excluded(mod):
                 continue
             files[mod] = path
             package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]

@@ -1,0 +1,102 @@
+"""Sections of the training steps: pretrain, finetune (with DPO for feedback)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmflow.config.base import (
+    MAX_BATCH,
+    MAX_ITEMS,
+    MAX_PROCESSES,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TOKENS,
+    Section,
+)
+
+
+class PretrainConfig(Section):
+    preset: str = Field(default="tiny", description="Architecture preset from model/presets.py.")
+    arch: Literal["qwen3", "llama"] = Field(
+        default="qwen3", description="transformers family (see benchmarks/RESULTS.md for the choice)."
+    )
+    seq_len: int = Field(default=256, ge=8, le=32_768)
+    batch_size: int = Field(
+        default=16, ge=1, le=MAX_BATCH, description="Sequences per micro-batch per process."
+    )
+    grad_accum: int = Field(default=1, ge=1, le=MAX_BATCH)
+    lr: float = Field(default=3e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=20, ge=0, le=MAX_STEPS)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(
+        default=0.2, gt=0, le=1, description="wsd: share of the run spent decaying."
+    )
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    max_steps: int = Field(default=200, ge=1, le=MAX_STEPS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    sliding_window: int | None = Field(
+        default=None, ge=8, description="Sparse (sliding-window) attention span."
+    )
+    tie_embeddings: bool = True
+    eval_every: int = Field(default=50, ge=1, le=MAX_STEPS)
+    eval_batches: int = Field(default=8, ge=1, le=MAX_ITEMS)
+    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="Most recent checkpoints kept.")
+    resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
+    log_every: int = Field(default=10, ge=1, le=MAX_STEPS)
+    num_processes: int = Field(
+        default=1, ge=1, le=MAX_PROCESSES, description=">1 runs `accelerate launch` as a subprocess."
+    )
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+
+
+class DPOConfig(Section):
+    """Preference tuning (DPO, sigmoid loss) on (prompt, chosen, rejected) triples."""
+
+    beta: float = Field(default=0.1, gt=0, le=10, description="Strength of the KL anchor to the reference.")
+    steps: int = Field(default=50, ge=1, le=MAX_STEPS)
+    lr: float = Field(default=5e-4, gt=0, le=1)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Triples per step.")
+    warmup_steps: int = Field(default=5, ge=0, le=MAX_STEPS)
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+
+
+class FinetuneConfig(Section):
+    """Supervised fine-tuning of the pretrained base on the task (see model/finetune.py)."""
+
+    method: Literal["lora", "prompt", "full"] = Field(
+        default="lora", description="lora: low-rank adapters; prompt: prompt tuning; full: all weights."
+    )
+    lora_r: int = Field(default=16, ge=1, le=512)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    num_virtual_tokens: int = Field(default=16, ge=1, le=512)
+    prompt_init_text: str = "Summarize the documented Python function in one line."
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
+    max_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    max_len: int = Field(default=256, ge=16, le=32_768)
+    warmup_steps: int = Field(default=10, ge=0, le=MAX_STEPS)
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decay of trainable matrices.")
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    checkpoint_every: int = Field(
+        default=50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints."
+    )
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="Most recent checkpoints kept.")
+    resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Used by preference tuning (feedback).")
