@@ -12,10 +12,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore
+
+
+def rouge_l_vs_base(
+    base_dir: str | Path,
+    finetuned: str | Path,
+    rows: list[dict[str, Any]],
+    *,
+    limit: int = 200,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """ROUGE-L F1 of the base model and of the fine-tuned one on the same task rows (greedy).
+
+    Both see the same rendered prompt; the fine-tuned model is loaded with `load_finetuned`.
+    """
+    from rouge_score import rouge_scorer
+
+    from model.adapters import load_base, load_finetuned
+    from model.generate import generate
+    from model.sft_data import RejectedRow, row_text
+
+    usable = []
+    for r in rows:
+        try:
+            usable.append(row_text(r))
+        except RejectedRow:
+            continue
+    usable = usable[:limit]
+    if not usable:
+        raise ValueError("no usable rows to score")
+    prompts, refs = [p for p, _ in usable], [r for _, r in usable]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out: dict[str, Any] = {"n": len(usable)}
+    for name, loader in (
+        ("base", lambda: load_base(base_dir)),
+        ("finetuned", lambda: load_finetuned(finetuned)),
+    ):
+        model, tokenizer = loader()
+        model.eval()
+        t0 = time.time()
+        preds = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        scores = [scorer.score(ref, pred)["rougeL"].fmeasure for ref, pred in zip(refs, preds, strict=True)]
+        out[name] = round(sum(scores) / len(scores), 4)
+        out[f"{name}_seconds"] = round(time.time() - t0, 2)
+        out[f"{name}_samples"] = [
+            {"reference": r, "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
+        ]
+        del model
+    out["gain"] = round(out["finetuned"] - out["base"], 4)
+    return out
 
 
 def main() -> None:
@@ -25,8 +77,6 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
-
-    from model.finetune import rouge_l_vs_base
 
     store = ArtifactStore(args.home)
     entry = Registry(store, args.name).champion()

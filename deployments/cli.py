@@ -463,8 +463,8 @@ def generate(
         except RegistryError as e:
             _fail(f"'{model}' is neither a path nor usable in registry '{name}': {e}", code=1)
         path = Path(entry["model_path"])
+    from model.adapters import FINETUNE_META, load_finetuned
     from model.chat import format_prompt
-    from model.finetune import FINETUNE_META, load_finetuned
     from model.generate import generate as sample
     from model.generate import load, resolve_model_dir
 

@@ -12,7 +12,7 @@ A checkpoint is a directory `step-NNNNNNNN/` holding
                       base architecture, python/numpy RNG states, what the loop adds (tokens,
                       loss history, config); written LAST
 
-Both training loops (model/train.py, model/finetune.py) save and resume through this module; each
+Both training loops (model/train.py, model/sft.py) save and resume through this module; each
 draws its batches as a pure function of (seed, step), so the step is the data position.
 
 It is written to a temporary directory and renamed, and `state.json` is its completion mark, so a

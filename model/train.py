@@ -13,10 +13,10 @@ optimizer update. The learning-rate schedule runs on a progress fraction in [0, 
 of step/max_steps, tokens/max_tokens and seconds/max_seconds, so a wall-clock budget still decays
 the learning rate to its floor exactly when time runs out.
 
-The pieces both training loops use live here, once: `make_accelerator` (precision and a clean
+The pieces the training loops share live here, once: `make_accelerator` (precision and a clean
 accelerate state), `build_optimizers`, `lr_factor`/`set_lr` (the schedule), `run_fraction` and
-`should_stop` (step and wall-clock budgets). model/finetune.py's loop imports them, and both save
-and resume through model/checkpoint.py.
+`should_stop` (step and wall-clock budgets). The fine-tuning loops (model/sft.py, model/dpo.py)
+import them; this loop and model/sft.py's save and resume through model/checkpoint.py.
 """
 
 from __future__ import annotations

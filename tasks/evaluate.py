@@ -69,7 +69,7 @@ def read_test_rows(task_dir: Path, limit: int) -> tuple[list[dict[str, Any]], in
 
 def load_model(model_dir: Path):
     """(model, tokenizer) of a finetune artifact; a clear error when the tokenizer is missing."""
-    from model.finetune import load_finetuned
+    from model.adapters import load_finetuned
 
     folder = model_dir / "model" if (model_dir / "model").is_dir() else model_dir
     if not (folder / "config.json").exists():
@@ -84,8 +84,8 @@ def load_model(model_dir: Path):
 
 def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     """Evaluate the fine-tuned model: text metrics, bits per byte, bias and fairness."""
-    from model.finetune import render_prompt
     from model.generate import generate
+    from model.sft_data import render_prompt
 
     cfg = ctx.config
     name = (ctx.extra or {}).get("name", "llmflow")
@@ -245,7 +245,8 @@ def _bpb(model, ctx: StepContext, cfg) -> dict[str, float]:
 def _baselines(ctx: StepContext, rows, refs, generate, gen, seed) -> dict[str, dict[str, Any]]:
     """{name: {predictions, per_sample, metrics}} of the model before fine-tuning (`base`, when
     the step has that input) and of the task's trivial baselines (tasks/baselines.py)."""
-    from model.finetune import load_finetuned, render_prompt
+    from model.adapters import load_finetuned
+    from model.sft_data import render_prompt
 
     prompts = [r["prompt"] for r in rows]
     answers: dict[str, list[str]] = {}

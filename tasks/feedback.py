@@ -19,7 +19,7 @@ has the task_data layout, so `finetune` and `evaluate` read it like any task dat
   rows would otherwise hardly be sampled by a short fine-tune.
 
 `feedback_dpo` (inputs: model: finetune, task: feedback_data) runs DPO
-(`model.finetune.dpo_train`) on the preference triples with a fresh LoRA adapter over the
+(`model.dpo.dpo_train`) on the preference triples with a fresh LoRA adapter over the
 fine-tuned model as reference, and saves the merged model in the finetune artifact layout
 (`model/`, `adapter/`, `metrics.json`, `lineage.json`), so `evaluate` and `gate` take it as
 the candidate.
@@ -207,17 +207,16 @@ def feedback_data_step(ctx: StepContext) -> dict[str, Any]:
 
 def feedback_dpo_step(ctx: StepContext) -> dict[str, Any]:
     """DPO on the preference pairs over the fine-tuned model; a finetune-layout candidate."""
-    from model import finetune as ft
+    from model.adapters import save_finetuned
+    from model.dpo import dpo_train
 
     cfg = ctx.config  # FinetuneConfig: LoRA settings and its `dpo` section
     tuned = ctx.input_path("model")
     triples = read_jsonl(str(ctx.input_path("task") / "preferences.jsonl"))
-    model, tokenizer, stats = ft.dpo_train(tuned / "model", triples, cfg.dpo, lora=cfg, progress=ctx.progress)
+    model, tokenizer, stats = dpo_train(tuned / "model", triples, cfg.dpo, lora=cfg, progress=ctx.progress)
     ctx.timings["seconds"] = stats.pop("seconds")  # wall clock: the manifest's, not the files'
     base_name = f"finetune/{ctx.inputs['model'].key}/model"
-    ft.save_finetuned(
-        model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"], base_name
-    )
+    save_finetuned(model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"], base_name)
     sft_metrics = json.loads((tuned / "metrics.json").read_text())
     stats = {**stats, "sft": {k: sft_metrics.get(k) for k in ("method", "train_loss", "val_loss")}}
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))

@@ -2,7 +2,7 @@
 
 Inputs: `base` (pretrain: `model/` with tokenizer files) and `task` (task_data: train.jsonl,
 validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (load it with
-`model.finetune.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
+`model.adapters.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
 prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
 `lineage.json` (base, data, config, code hash) for the registry. No file holds a wall-clock
 figure or a local path (the training time is in the manifest's timings): the same key gives the
@@ -26,7 +26,7 @@ import llmflow
 from llmflow import events
 from llmflow.step import StepContext
 from llmflow.store import StepRef
-from model import finetune as ft
+from model import adapters, sft, sft_data
 from tasks.common import step_task
 
 VERSION = 2
@@ -41,23 +41,23 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     cfg = ctx.config
     base_dir = ctx.input_path("base") / "model"
     task_dir = ctx.input_path("task")
-    train_rows = ft.read_rows(task_dir / "train.jsonl")
+    train_rows = sft_data.read_rows(task_dir / "train.jsonl")
     val_path = task_dir / "validation.jsonl"
-    val_rows = ft.read_rows(val_path) if val_path.exists() and val_path.stat().st_size else []
+    val_rows = sft_data.read_rows(val_path) if val_path.exists() and val_path.stat().st_size else []
     ctx.logger.info(
         "finetune %s on %d train / %d validation rows", cfg.method, len(train_rows), len(val_rows)
     )
 
     ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    result, tokenizer, data = ft.finetune(
+    result, tokenizer, data = sft.finetune(
         base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
         log=lambda m: ctx.logger.info("%s", m),
     )  # fmt: skip
     stats = result.stats
     ctx.timings["seconds"] = stats.pop("seconds")
     base_name = f"pretrain/{ctx.inputs['base'].key}/model"
-    ft.save_finetuned(
+    adapters.save_finetuned(
         result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
     )
 
@@ -96,7 +96,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         f"- examples: {stats['train_examples']} train, {stats['validation_examples']} validation, "
         f"{stats['truncated']} prompt-truncated, {stats['rejected']} rejected\n\n"
         f"| reject reason | rows |\n|---|---|\n{reasons}\n\n"
-        "Load for generation: `model.finetune.load_finetuned(<this artifact>)`.\n"
+        "Load for generation: `model.adapters.load_finetuned(<this artifact>)`.\n"
     )
     return stats
 

@@ -216,7 +216,7 @@ def render_card(
         "",
         f"- Fine-tuning method: {cfg.get('method', 'unknown')}",
         f"- Model files: `{entry.get('model_path')}` (load with `AutoModelForCausalLM.from_pretrained`, "
-        "or `model.finetune.load_finetuned` for prompt tuning)",
+        "or `model.adapters.load_finetuned` for prompt tuning)",
         f"- Base model fingerprint: `{lineage.get('base_fingerprint')}`",
         f"- Code: `{json.dumps(lineage.get('code'))}`",
         "",

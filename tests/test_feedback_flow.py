@@ -220,7 +220,7 @@ def test_bad_feedback_files_fail_with_the_line(tmp_path):
 
 
 def test_dpo_step_makes_a_loadable_candidate_that_prefers_the_chosen_answers(store, tmp_path):
-    from model.finetune import load_finetuned
+    from model.adapters import load_finetuned
 
     tok = tiny_tokenizer_dir(tmp_path / "tok")
     tuned_dir = tmp_path / "tuned"

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.finetune import rouge_l_vs_base
 from llmflow.config import DPOConfig, FinetuneConfig
 from llmflow.step import run_step
 from llmflow.store import ArtifactStore
-from model import finetune as ft
+from model import adapters, dpo, sft, sft_data
 from model.chat import CHAT_TEMPLATE, format_prompt
 from tests.helpers import task_rows, tiny_model_dir, tiny_tokenizer_dir, write_jsonl
 
@@ -48,7 +49,7 @@ def logits(model, tokenizer, text="def sum(x): return the sum"):
 
 def test_loss_masking_on_hand_built_example(tokenizer):
     prompt = format_prompt("def sum(x): return the sum")
-    ids, labels, cut = ft.encode_pair(tokenizer, prompt, "return sum.", max_len=64)
+    ids, labels, cut = sft_data.encode_pair(tokenizer, prompt, "return sum.", max_len=64)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     n_prompt = 1 + len(p_ids)  # bos + prompt
     assert not cut
@@ -61,8 +62,8 @@ def test_loss_masking_on_hand_built_example(tokenizer):
         labels[n_prompt:]
     )
 
-    short = ft.encode_pair(tokenizer, format_prompt("x"), "sum.", max_len=64)
-    batch = ft.collate(
+    short = sft_data.encode_pair(tokenizer, format_prompt("x"), "sum.", max_len=64)
+    batch = sft_data.collate(
         [{"input_ids": ids, "labels": labels}, {"input_ids": short[0], "labels": short[1]}],
         tokenizer.pad_token_id,
     )
@@ -81,7 +82,7 @@ def test_loss_masking_on_hand_built_example(tokenizer):
 
 def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
     long_prompt = "def f(x): " + "return the sum of x " * 40
-    ids, labels, cut = ft.encode_pair(tokenizer, format_prompt(long_prompt), "return sum.", max_len=48)
+    ids, labels, cut = sft_data.encode_pair(tokenizer, format_prompt(long_prompt), "return sum.", max_len=48)
     assert cut and len(ids) == 48 and ids[0] == tokenizer.bos_token_id
     resp = [t for t in labels if t != -100]
     assert tokenizer.decode(resp).startswith("return sum")  # the whole response is kept
@@ -106,8 +107,8 @@ def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
         )
         + "\n"
     )
-    rows = ft.read_rows(path)
-    data = ft.build_sft(rows, tokenizer, max_len=48)
+    rows = sft_data.read_rows(path)
+    data = sft_data.build_sft(rows, tokenizer, max_len=48)
     assert len(data.examples) + len(data.rejects) == len(rows) == 7
     assert data.rejects_by_reason == {
         "invalid:missing_response": 1,
@@ -122,7 +123,7 @@ def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
 
 def test_length_bucketing_groups_similar_lengths():
     lengths = [i % 50 for i in range(400)]
-    gen = ft.bucketed_batches(400, lengths, 8, seed=0)
+    gen = sft_data.bucketed_batches(400, lengths, 8, seed=0)
     batches = [next(gen) for _ in range(50)]
     assert sorted(i for b in batches for i in b) == list(range(400))  # one epoch covers every item once
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
@@ -137,7 +138,7 @@ def test_lora_trains_only_adapter_and_merges(dirs, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows = task_rows(48)
-    result, tok, _ = ft.finetune(dirs["base"], rows, task_rows(8, "v"), cfg())
+    result, tok, _ = sft.finetune(dirs["base"], rows, task_rows(8, "v"), cfg())
     model, stats = result.model, result.stats
     assert stats["method"] == "lora" and stats["steps"] == 30
     assert 0 < stats["trainable_fraction"] < 0.5
@@ -161,7 +162,7 @@ def test_lora_trains_only_adapter_and_merges(dirs, tokenizer, tmp_path):
 
     model.eval()
     before = logits(model, tok)
-    ft.save_finetuned(model, tok, tmp_path, "lora", dirs["base"], stats["base_fingerprint"])
+    adapters.save_finetuned(model, tok, tmp_path, "lora", dirs["base"], stats["base_fingerprint"])
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
     base = AutoModelForCausalLM.from_pretrained(dirs["base"])
@@ -171,7 +172,7 @@ def test_lora_trains_only_adapter_and_merges(dirs, tokenizer, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
     assert torch.allclose(logits(merged, tok), before, atol=1e-4)  # merged matches adapter model
     assert AutoTokenizer.from_pretrained(tmp_path / "model").chat_template == CHAT_TEMPLATE
-    m2, _ = ft.load_finetuned(tmp_path)
+    m2, _ = adapters.load_finetuned(tmp_path)
     assert torch.allclose(logits(m2, tok), before, atol=1e-4)
 
 
@@ -181,16 +182,16 @@ def test_prompt_tuning_trains_and_generates(dirs, tmp_path):
     from model.generate import generate
 
     c = cfg(method="prompt", num_virtual_tokens=8, lr=3e-2, max_steps=20)
-    result, tok, _ = ft.finetune(dirs["base"], task_rows(48), [], c)
+    result, tok, _ = sft.finetune(dirs["base"], task_rows(48), [], c)
     stats = result.stats
     assert stats["train_loss"] < stats["first_loss"] - 0.5
     assert stats["trainable_params"] == 8 * 32 and stats["val_loss"] is None
     result.model.eval()
     before = logits(result.model, tok)
 
-    ft.save_finetuned(result.model, tok, tmp_path, "prompt", dirs["base"], stats["base_fingerprint"])
+    adapters.save_finetuned(result.model, tok, tmp_path, "prompt", dirs["base"], stats["base_fingerprint"])
     assert (tmp_path / "model" / "PROMPT_TUNING.md").exists()
-    model, tokenizer = ft.load_finetuned(tmp_path)
+    model, tokenizer = adapters.load_finetuned(tmp_path)
     assert isinstance(model, PeftModel)
     assert torch.allclose(logits(model, tokenizer), before, atol=1e-6)
     out = generate(model, tokenizer, [format_prompt("def sum(x): return the sum")], max_new_tokens=5)
@@ -198,19 +199,21 @@ def test_prompt_tuning_trains_and_generates(dirs, tmp_path):
 
 
 def test_full_finetune_trains_every_weight(dirs, tmp_path):
-    result, tok, _ = ft.finetune(
+    result, tok, _ = sft.finetune(
         dirs["base"], task_rows(32), task_rows(4, "v"), cfg(method="full", lr=3e-3, max_steps=15)
     )
     assert result.stats["trainable_fraction"] == 1.0
     assert result.stats["train_loss"] < result.stats["first_loss"]
-    ft.save_finetuned(result.model, tok, tmp_path, "full", dirs["base"], result.stats["base_fingerprint"])
+    adapters.save_finetuned(
+        result.model, tok, tmp_path, "full", dirs["base"], result.stats["base_fingerprint"]
+    )
     assert not (tmp_path / "adapter").exists()
-    model, _ = ft.load_finetuned(tmp_path / "model")
+    model, _ = adapters.load_finetuned(tmp_path / "model")
     assert torch.allclose(logits(model, tok), logits(result.model.eval(), tok), atol=1e-5)
 
 
 def test_max_seconds_stops_training_early(dirs):
-    result, _, _ = ft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=10_000, max_seconds=1.0))
+    result, _, _ = sft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=10_000, max_seconds=1.0))
     assert 1 <= result.stats["steps"] < 10_000 and result.stats["seconds"] >= 1.0
 
 
@@ -231,9 +234,9 @@ def kill_at(step: int):
 
 def test_batch_order_is_a_function_of_seed_and_step():
     lengths = [i % 7 for i in range(20)]
-    gen = ft.bucketed_batches(20, lengths, 4, seed=3)
+    gen = sft_data.bucketed_batches(20, lengths, 4, seed=3)
     first = [next(gen) for _ in range(12)]  # 5 batches per epoch: crosses two epoch boundaries
-    fresh = ft.BucketedBatches(lengths, 4, seed=3)
+    fresh = sft_data.BucketedBatches(lengths, 4, seed=3)
     assert [fresh(s) for s in (11, 3, 7)] == [first[11], first[3], first[7]]  # any order, same answer
     assert first[:5] != first[5:10]  # each epoch is reshuffled
     assert sorted(i for b in first[5:10] for i in b) == list(range(20))
@@ -246,12 +249,12 @@ def test_stopped_and_resumed_run_gives_the_same_losses(dirs, tmp_path, method):
     c = c.model_copy(update={"lr": 3e-3}) if method == "full" else c
     c = c.model_copy(update={"num_virtual_tokens": 4}) if method == "prompt" else c
     rows = task_rows(40)
-    straight, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "a")
+    straight, _, _ = sft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "a")
     losses = [h["loss"] for h in straight.history]
     assert len(losses) == 8
 
     with pytest.raises(Killed):
-        ft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=tmp_path / "b")
+        sft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=tmp_path / "b")
     from model import checkpoint as ckpt
 
     [saved] = ckpt.candidates(tmp_path / "b")
@@ -265,7 +268,7 @@ def test_stopped_and_resumed_run_gives_the_same_losses(dirs, tmp_path, method):
         assert keys and all("lora_" in k or k == "prompt_embeddings" for k in keys), keys
 
     logs: list[str] = []
-    resumed, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "b", log=logs.append)
+    resumed, _, _ = sft.finetune(dirs["base"], rows, [], c, checkpoint_dir=tmp_path / "b", log=logs.append)
     assert any("resumed from" in m and "step 3" in m for m in logs)
     assert [h["step"] for h in resumed.history] == list(range(1, 9))
     assert max(abs(a - b["loss"]) for a, b in zip(losses, resumed.history, strict=True)) < 1e-5
@@ -282,22 +285,22 @@ def test_corrupt_or_foreign_checkpoints_fall_back_or_fail_clearly(dirs, tmp_path
     rows = task_rows(24)
     root = tmp_path / "ck"
     with pytest.raises(Killed):
-        ft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=root)
+        sft.finetune(dirs["base"], rows, [], c, progress=kill_at(5), checkpoint_dir=root)
     assert [p.name for p in ckpt.candidates(root)] == ["step-00000004", "step-00000002"]
     spare = tmp_path / "spare"
     shutil.copytree(root, spare)
 
     # an adapter of another shape (rank 8 vs 4) is refused, never silently trained over
     with pytest.raises(ckpt.CheckpointError, match="another architecture.*r: checkpoint 4 vs run 8"):
-        ft.finetune(dirs["base"], rows, [], cfg(max_steps=6, lora_r=8), checkpoint_dir=root)
+        sft.finetune(dirs["base"], rows, [], cfg(max_steps=6, lora_r=8), checkpoint_dir=root)
     with pytest.raises(ckpt.CheckpointError, match="another architecture"):
-        ft.finetune(dirs["base"], rows, [], cfg(method="full", max_steps=6), checkpoint_dir=root)
+        sft.finetune(dirs["base"], rows, [], cfg(method="full", max_steps=6), checkpoint_dir=root)
 
     # a truncated newest adapter: resume falls back to step 2 and still finishes the run
     weights = root / "step-00000004" / "model" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
     logs: list[str] = []
-    result, _, _ = ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=root, log=logs.append)
+    result, _, _ = sft.finetune(dirs["base"], rows, [], c, checkpoint_dir=root, log=logs.append)
     assert any("resumed from" in m and "step-00000002" in m for m in logs)
     assert result.stats["steps"] == 6 and [h["step"] for h in result.history] == list(range(1, 7))
 
@@ -305,9 +308,9 @@ def test_corrupt_or_foreign_checkpoints_fall_back_or_fail_clearly(dirs, tmp_path
     (spare / "step-00000004" / "optimizer.pt").write_bytes(b"not a pickle")
     (spare / "step-00000002" / "state.json").unlink()
     with pytest.raises(ckpt.CheckpointError, match="could be loaded.*corrupt checkpoint files.*partial"):
-        ft.finetune(dirs["base"], rows, [], c, checkpoint_dir=spare)
+        sft.finetune(dirs["base"], rows, [], c, checkpoint_dir=spare)
     # resume=False ignores them and starts afresh
-    fresh, _, _ = ft.finetune(
+    fresh, _, _ = sft.finetune(
         dirs["base"], rows, [], c.model_copy(update={"resume": False}), checkpoint_dir=spare
     )
     assert fresh.history[0]["step"] == 1
@@ -321,26 +324,26 @@ def test_mismatched_tokenizer_and_foreign_adapter_are_clear_errors(dirs, tmp_pat
 
     small = tiny_model_dir(tmp_path / "small", dirs["tok"], vocab_size=100)  # tokenizer has 324 tokens
     with pytest.raises(ValueError, match="does not belong"):
-        ft.load_base(small)
+        adapters.load_base(small)
 
-    result, tok, _ = ft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=2))
-    ft.save_finetuned(
+    result, tok, _ = sft.finetune(dirs["base"], task_rows(16), [], cfg(max_steps=2))
+    adapters.save_finetuned(
         result.model, tok, tmp_path / "ft", "lora", dirs["base"], result.stats["base_fingerprint"]
     )
     other = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path / "other", dirs["tok"], seed=7))
     with pytest.raises(ValueError, match="another base"):
-        ft.load_adapter(other, tmp_path / "ft" / "adapter")
+        adapters.load_adapter(other, tmp_path / "ft" / "adapter")
     # without our fingerprint file, a shape mismatch is still a clear error
-    (tmp_path / "ft" / "adapter" / ft.BASE_META).unlink()
+    (tmp_path / "ft" / "adapter" / adapters.BASE_META).unlink()
     wide = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir(tmp_path / "wide", dirs["tok"], hidden_size=48, intermediate_size=96)
     )
     with pytest.raises(ValueError, match="does not fit this base"):
-        ft.load_adapter(wide, tmp_path / "ft" / "adapter")
+        adapters.load_adapter(wide, tmp_path / "ft" / "adapter")
     with pytest.raises(ValueError, match="not modules of this model"):
-        ft.finetune(dirs["base"], task_rows(4), [], cfg(target_modules=["query_key_value"]))
+        sft.finetune(dirs["base"], task_rows(4), [], cfg(target_modules=["query_key_value"]))
     with pytest.raises(ValueError, match="no usable training examples"):
-        ft.finetune(dirs["base"], [{"id": 1, "prompt": "p", "response": ""}], [], cfg())
+        sft.finetune(dirs["base"], [{"id": 1, "prompt": "p", "response": ""}], [], cfg())
 
 
 # --------------------------------------------------------------------------- DPO
@@ -349,11 +352,11 @@ def test_mismatched_tokenizer_and_foreign_adapter_are_clear_errors(dirs, tmp_pat
 def test_dpo_loss_matches_formula():
     pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
     rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -1.5])
-    loss, cr, rj = ft.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    loss, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
     logits_ = 0.5 * ((pc - rc) - (pr - rr))
     assert torch.allclose(loss, torch.log1p(torch.exp(-logits_)).mean())
     assert torch.allclose(cr, 0.5 * (pc - rc)) and torch.allclose(rj, 0.5 * (pr - rr))
-    zero, _, _ = ft.dpo_loss(pc, pr, pc, pr, beta=0.1)  # policy == reference: log 2
+    zero, _, _ = dpo.dpo_loss(pc, pr, pc, pr, beta=0.1)  # policy == reference: log 2
     assert abs(float(zero) - 0.693147) < 1e-5
 
 
@@ -368,15 +371,15 @@ def test_dpo_raises_chosen_over_rejected_margin(dirs, tmp_path):
         }
         for i, w in enumerate(words)
     ] + [{"id": "bad", "prompt": "p", "chosen": "x"}]
-    model, tok, stats = ft.dpo_train(
+    model, tok, stats = dpo.dpo_train(
         dirs["base"], triples, DPOConfig(steps=20, lr=1e-2, batch_size=4), lora=cfg()
     )
     assert stats["pairs"] == 6 and stats["rejected"] == 1
     assert stats["margin_after"] > stats["margin_before"] + 1.0
     # the reference is the same weights with the adapter disabled, unchanged by training
-    pairs, _ = ft.build_preferences(triples[:6], tok, 64)
+    pairs, _ = dpo.build_preferences(triples[:6], tok, 64)
     assert (
-        abs(ft.preference_margin(model, pairs, tok.pad_token_id, reference=True) - stats["reference_margin"])
+        abs(dpo.preference_margin(model, pairs, tok.pad_token_id, reference=True) - stats["reference_margin"])
         < 1e-4
     )
 
@@ -436,7 +439,7 @@ def test_finetune_step_through_run_step(dirs, tmp_path):
     assert run_step("finetune", VERSION, finetune_step, config, inputs, store=store).status == "cached"
 
     rows = [json.loads(x) for x in (store.local_path(inputs["task"]) / "test.jsonl").read_text().splitlines()]
-    scores = ft.rouge_l_vs_base(dirs["base"], out, rows, max_new_tokens=6)
+    scores = rouge_l_vs_base(dirs["base"], out, rows, max_new_tokens=6)
     assert scores["n"] == 6 and 0 <= scores["base"] <= 1 and 0 <= scores["finetuned"] <= 1
     assert scores["gain"] == pytest.approx(scores["finetuned"] - scores["base"], abs=1e-3)
     assert not (tmp_path / "home" / "work" / "finetune" / ref.key).exists()  # checkpoints released

@@ -72,7 +72,7 @@ class DPOConfig(Section):
 
 
 class FinetuneConfig(Section):
-    """Supervised fine-tuning of the pretrained base on the task (see model/finetune.py)."""
+    """Supervised fine-tuning of the pretrained base on the task (see model/sft.py)."""
 
     method: Literal["lora", "prompt", "full"] = Field(
         default="lora", description="lora: low-rank adapters; prompt: prompt tuning; full: all weights."

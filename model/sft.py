@@ -1,0 +1,183 @@
+"""The supervised fine-tuning recipe (LoRA, prompt tuning, full): one explicit loop, torchtune style.
+
+`finetune` loads the base, encodes the rows (model/sft_data.py), wraps the model for the method
+(model/adapters.py) and runs `train_sft`. The loop is built from model/train.py's pieces
+(accelerate and mixed precision, the AdamW builder, warmup + cosine schedule, step and wall-clock
+budgets) and model/checkpoint.py: every `checkpoint_every` steps it saves the trainable weights
+(the adapter, or all weights for full), optimizer, RNG states and step, and a rerun with the same
+checkpoint directory resumes exactly: the same per-step losses as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmflow.config import FinetuneConfig
+from model import checkpoint as ckpt
+from model.adapters import base_fingerprint, load_base, param_counts, wrap_model
+from model.sft_data import IGNORE, BucketedBatches, SFTData, build_sft, collate
+from model.train import (
+    LogFn,
+    ProgressFn,
+    build_optimizers,
+    lr_factor,
+    make_accelerator,
+    run_fraction,
+    set_lr,
+    should_stop,
+)
+
+log = logging.getLogger("llmflow.finetune")
+
+
+@torch.no_grad()
+def mean_loss(model, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int = 16) -> float:
+    """Token-weighted mean cross-entropy over the response tokens of `examples`."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[s : s + batch_size], pad_id).items()}
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    stats: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+def train_sft(
+    model,
+    train: list[dict[str, list[int]]],
+    validation: list[dict[str, list[int]]],
+    cfg: FinetuneConfig,
+    pad_id: int,
+    progress: ProgressFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: LogFn = log.info,
+) -> TrainResult:
+    """The fine-tuning loop. `model` is already wrapped (see `wrap_model`); returns it unwrapped.
+
+    With `checkpoint_dir`, saves a checkpoint every `cfg.checkpoint_every` steps (and at the end)
+    and, when `cfg.resume`, first continues from the newest one that loads (CheckpointError when
+    none does, or when they belong to another model or adapter). `progress(fraction, 1.0, msg)`
+    is called after every step with msg `step N loss L`.
+    """
+    if not train:
+        raise ValueError("no usable training examples (all rows were rejected?)")
+    acc = make_accelerator(cfg.mixed_precision)
+    optimizers = build_optimizers(model, cfg, fused=torch.cuda.is_available())
+    model, *optimizers = acc.prepare(model, *optimizers)
+    raw, raw_opts = acc.unwrap_model(model), [o.optimizer for o in optimizers]
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = BucketedBatches([len(e["input_ids"]) for e in train], cfg.batch_size, cfg.seed)
+
+    torch.manual_seed(cfg.seed)  # dropout; a resume restores the generator from the checkpoint
+    step, elapsed, history = 0, 0.0, []
+    if checkpoint_dir is not None and cfg.resume:
+        state = ckpt.latest(checkpoint_dir, raw, raw_opts)
+        if state is not None:
+            step, elapsed, history = state["step"], state["elapsed"], state["history"]
+            log(f"resumed from {state['path']} at step {step}")
+
+    def save_checkpoint() -> None:
+        state = {"elapsed": elapsed, "history": history, "config": cfg.model_dump(mode="json")}
+        ckpt.save(checkpoint_dir, step, raw, raw_opts, state, keep=cfg.keep_checkpoints)
+
+    model.train()
+    t_start = time.time() - elapsed
+    while True:
+        elapsed = time.time() - t_start
+        done = run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds)
+        if should_stop(acc, done):
+            break
+        lr = cfg.lr * lr_factor(cfg, step, done)
+        set_lr(raw_opts, lr)
+        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in batches(step)], pad_id).items()}
+        loss = model(**batch).loss
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.time() - t_start
+        history.append({"step": step, "loss": loss.item(), "lr": lr, "seconds": round(elapsed, 3)})
+        if progress is not None:
+            fraction = min(run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds), 1.0)
+            progress(fraction, 1.0, f"step {step} loss {history[-1]['loss']:.3f}")
+        if checkpoint_dir is not None and step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+    if checkpoint_dir is not None and history and step % cfg.checkpoint_every:
+        save_checkpoint()
+    seconds = time.time() - t_start
+    model = acc.unwrap_model(model)
+    tail = [h["loss"] for h in history[-10:]]
+    stats = {
+        "method": cfg.method,
+        "steps": step,
+        "train_loss": round(sum(tail) / len(tail), 4) if tail else float("nan"),
+        "first_loss": round(history[0]["loss"], 4) if history else float("nan"),
+        "val_loss": round(mean_loss(model, validation, pad_id, cfg.batch_size), 4) if validation else None,
+        "seconds": round(seconds, 2),
+        "mixed_precision": acc.mixed_precision,
+    }
+    return TrainResult(model=model, stats=stats, history=history)
+
+
+def finetune(
+    model_dir: str | Path,
+    train_rows: list[dict[str, Any]],
+    validation_rows: list[dict[str, Any]],
+    cfg: FinetuneConfig,
+    progress: ProgressFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: LogFn = log.info,
+) -> tuple[TrainResult, Any, dict[str, SFTData]]:
+    """Load the base at `model_dir`, fine-tune it with `cfg.method`: (result, tokenizer, data).
+
+    `checkpoint_dir`: where `train_sft` saves and resumes checkpoints (None: no checkpoints).
+    """
+    model, tokenizer = load_base(model_dir)
+    fingerprint = base_fingerprint(model)
+    data = {
+        "train": build_sft(train_rows, tokenizer, cfg.max_len),
+        "validation": build_sft(validation_rows, tokenizer, cfg.max_len),
+    }
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation
+    model = wrap_model(model, cfg, tokenizer_dir=model_dir)
+    trainable, total = param_counts(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = train_sft(
+        model, data["train"].examples, data["validation"].examples, cfg, pad_id, progress, checkpoint_dir, log
+    )
+    result.stats.update(
+        trainable_params=trainable,
+        total_params=total,
+        trainable_fraction=round(trainable / total, 6),
+        base_fingerprint=fingerprint,
+        train_examples=len(data["train"].examples),
+        validation_examples=len(data["validation"].examples),
+        truncated=data["train"].truncated + data["validation"].truncated,
+        rejected=len(data["train"].rejects) + len(data["validation"].rejects),
+        rejects_by_reason=dict(
+            Counter(data["train"].rejects_by_reason) + Counter(data["validation"].rejects_by_reason)
+        ),
+    )
+    return result, tokenizer, data
