@@ -34,9 +34,10 @@ from llmflow.config import PrepareConfig  # noqa: E402
 from llmflow.step import run_step  # noqa: E402
 from llmflow.store import ArtifactStore, StepRef  # noqa: E402
 from tasks.decontaminate import Decontaminator  # noqa: E402
-from tasks.dedup import Deduper, Signer, jaccard, shingles  # noqa: E402
+from tasks.dedup import Deduper  # noqa: E402
 from tasks.filters import QualityFilter  # noqa: E402
 from tasks.langid import LangFilter  # noqa: E402
+from tasks.minhash import Signer, jaccard, shingles  # noqa: E402
 from tasks.normalize import normalize  # noqa: E402
 from tasks.pii import redact  # noqa: E402
 from tasks.prepare import VERSION, prepare_step  # noqa: E402

@@ -2,7 +2,7 @@
 
 Following GPT-3 (Brown et al. 2020, appendix C), a document is contaminated when it shares a word
 13-gram with a held-out item. Items are the `prompt` and `response` of every row of the task's
-`test.jsonl` and `validation.jsonl`; tokens are lowercase ``\\w+`` words (`tasks.dedup.tokens`),
+`test.jsonl` and `validation.jsonl`; tokens are lowercase ``\\w+`` words (`tasks.ngrams.tokens`),
 so case, punctuation and whitespace do not hide a copy. An item of `min_words` (8) to n-1 words is indexed
 whole (a short response copied verbatim still counts); shorter items are ignored, as generic
 phrases like "Return the value." would match everywhere.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.dedup import ngram_hashes, text_tokens, token_hashes, tokens
+from tasks.ngrams import ngram_hashes, text_tokens, token_hashes, tokens
 
 
 class Decontaminator:

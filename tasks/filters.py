@@ -25,7 +25,7 @@ the measurement that decided it. The published defaults (in `llmflow.config.Qual
 | `fineweb_dup_line_chars` | FineWeb | <= 1% of characters in duplicated lines |
 
 Words for the Gopher quality rules are whitespace-split; n-gram rules use lowercase ``\\w+``
-tokens (`tasks.dedup.tokens`). The repeated n-gram coverage marks every word inside an n-gram seen
+tokens (`tasks.ngrams.tokens`). The repeated n-gram coverage marks every word inside an n-gram seen
 earlier in the document (a vectorized form of datatrove's non-overlapping scan).
 """
 
@@ -37,7 +37,7 @@ from collections import Counter
 import numpy as np
 
 from llmflow.config import QualityConfig
-from tasks.dedup import iter_ngram_hashes, text_tokens, token_hashes
+from tasks.ngrams import iter_ngram_hashes, text_tokens, token_hashes
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "◦", "‣", "-", "*", "–", "—", "▪")

@@ -57,9 +57,10 @@ from llmflow.step import StepContext
 from llmflow.store import ArtifactStore, StepRef, step_key
 from tasks.common import step_task
 from tasks.decontaminate import Decontaminator
-from tasks.dedup import Deduper, Signer, exact_hash, shingles
+from tasks.dedup import Deduper, exact_hash
 from tasks.filters import QualityFilter
 from tasks.langid import LangFilter
+from tasks.minhash import Signer, shingles
 from tasks.normalize import normalize
 from tasks.pii import redact
 from tasks.toxicity import ToxicityFilter

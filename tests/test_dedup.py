@@ -10,18 +10,10 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from tasks.decontaminate import Decontaminator
-from tasks.dedup import (
-    Deduper,
-    MultiIndex,
-    Signer,
-    exact_hash,
-    jaccard,
-    lsh_params,
-    ngram_hashes,
-    shingles,
-    token_hashes,
-    tokens,
-)
+from tasks.dedup import Deduper, exact_hash
+from tasks.dedup_index import MultiIndex
+from tasks.minhash import Signer, jaccard, lsh_params, shingles
+from tasks.ngrams import ngram_hashes, token_hashes, tokens
 
 VOCAB = [f"w{i}" for i in range(500)]
 
