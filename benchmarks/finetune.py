@@ -100,8 +100,8 @@ def main() -> None:
         "trainable_params": ft.get("trainable_params"),
         "finetune_seconds": ft_manifest.get("timings", {}).get("seconds"),
         "finetune_steps": ft.get("steps"),
-        "scoring_seconds": res.get("seconds"),
-        "samples": res.get("samples", [])[:5],
+        "scoring_seconds": res["finetuned_seconds"],
+        "samples": res["finetuned_samples"][:5],
     }
     dest = Path(__file__).with_name("results") / "finetune.json"
     dest.parent.mkdir(exist_ok=True)

@@ -189,9 +189,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=SEQ)
     ap.add_argument("--steps", type=int, default=0, help="compare at equal steps instead of equal time")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "pretrain.json"))
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     t0 = time.time()
     shards = build_shards(work / "shards")

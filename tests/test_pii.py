@@ -134,14 +134,14 @@ def test_recall_per_type_on_labelled_set():
             assert f"<{kind.upper()}>" in r.text and value not in r.text
     recall = {k: sum(v) / len(v) for k, v in found.items()}
     assert len(recall) == 8
-    assert all(r >= 0.95 for r in recall.values()), recall
+    assert all(r >= 0.99 for r in recall.values()), recall  # measured: 1.00 for each type
 
 
 def test_clean_prose_is_rarely_altered():
     sents = clean_sentences()
     assert len(sents) >= 1000
     altered = [s for s in sents if redact(s).spans]
-    assert len(altered) / len(sents) <= 0.02, altered[:10]
+    assert len(altered) / len(sents) <= 0.0015, altered[:10]  # measured: 1 of 2,000 (0.05%)
 
 
 def test_near_misses_are_left_alone():
