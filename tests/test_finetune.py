@@ -445,8 +445,20 @@ def test_finetune_step_through_run_step(dirs, tmp_path):
     assert not (tmp_path / "home" / "work" / "finetune" / ref.key).exists()  # checkpoints released
 
 
-def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
-    """A task killed after a checkpoint and run again with the same key continues from it."""
+class _Logs:
+    """A logger that keeps its lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, fmt, *a):
+        self.lines.append(fmt % a)
+
+    warning = debug = info
+
+
+def _killed_at_step_7(dirs, tmp_path):
+    """A finetune step killed after its step-6 checkpoint: (store, inputs, config)."""
     from tasks.finetune import VERSION, finetune_step
 
     store = ArtifactStore(tmp_path / "home")
@@ -456,17 +468,18 @@ def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
     config = cfg(max_steps=10, checkpoint_every=3)
     with pytest.raises(Killed):
         run_step("finetune", VERSION, finetune_step, config, inputs, store=store, on_progress=kill_at(7))
-    logs: list[str] = []
+    return store, inputs, config
 
-    class L:
-        def info(self, fmt, *a):
-            logs.append(fmt % a)
 
-        warning = debug = info
+def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
+    """A task killed after a checkpoint and run again with the same key continues from it."""
+    from tasks.finetune import VERSION, finetune_step
 
-    ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store, logger=L())
+    store, inputs, config = _killed_at_step_7(dirs, tmp_path)
+    logs = _Logs()
+    ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store, logger=logs)
     assert ref.status == "ran" and ref.stats["steps"] == 10
-    assert any("resumed from" in m and "step-00000006" in m for m in logs)
+    assert any("resumed from" in m and "step-00000006" in m for m in logs.lines)
     out = store.local_path(ref)
     steps = [int(r["step"]) for r in csv.DictReader((out / "loss.csv").read_text().splitlines())]
     assert steps == list(range(1, 11))  # the loss curve spans both tries
@@ -476,27 +489,13 @@ def test_retried_finetune_step_resumes_from_its_checkpoints(dirs, tmp_path):
 def test_forced_finetune_step_starts_from_step_0_despite_leftover_checkpoints(dirs, tmp_path):
     from tasks.finetune import VERSION, finetune_step
 
-    store = ArtifactStore(tmp_path / "home")
-    _fake_artifact(store, "pretrain", "b" * 64, lambda out: shutil.copytree(dirs["base"], out / "model"))
-    _fake_artifact(store, "task_data", "t" * 64, lambda out: write_jsonl(out / "train.jsonl", task_rows(24)))
-    inputs = {"base": store.ref("pretrain", "b" * 64), "task": store.ref("task_data", "t" * 64)}
-    config = cfg(max_steps=10, checkpoint_every=3)
-    with pytest.raises(Killed):
-        run_step("finetune", VERSION, finetune_step, config, inputs, store=store, on_progress=kill_at(7))
-    logs: list[str] = []
-    progress: list[str] = []
-
-    class L:
-        def info(self, fmt, *a):
-            logs.append(fmt % a)
-
-        warning = debug = info
-
+    store, inputs, config = _killed_at_step_7(dirs, tmp_path)
+    logs, progress = _Logs(), []
     ref = run_step(
-        "finetune", VERSION, finetune_step, config, inputs, store=store, force=True, logger=L(),
+        "finetune", VERSION, finetune_step, config, inputs, store=store, force=True, logger=logs,
         on_progress=lambda done, total, msg: progress.append(msg),
     )  # fmt: skip
     assert ref.status == "ran" and ref.stats["steps"] == 10
-    assert not any("resumed from" in m for m in logs)
+    assert not any("resumed from" in m for m in logs.lines)
     assert [int(m.split()[1]) for m in progress if m.startswith("step ")] == list(range(1, 11))
     assert not Path(store.path("work", "finetune", ref.key)).exists()
