@@ -138,8 +138,8 @@ def child(corpus: str, home: str, result: str) -> None:
 
     ph.wrap(tp, "dedup_shards", "prepare:dedup", _deduper_sizes)
     ph.wrap(tp, "finalize_shard", "prepare:finalize")
-    ph.wrap(tp, "_accounting", "prepare:accounting")
-    ph.wrap(tp, "_report", "prepare:report")
+    ph.wrap(tp, "accounting", "prepare:accounting")
+    ph.wrap(tp, "write_report", "prepare:report")
     t0, c0 = time.time(), _cpu()
     inputs = {"docs": docs, **{f"shard-{i:05d}": s for i, s in enumerate(shards)}}
     ref = run_step("prepare", tp.VERSION, tp.prepare_step, cfg, inputs, store=store)
@@ -157,7 +157,7 @@ def probe(n: int, result: str) -> None:
     import numpy as np
 
     from llmflow.config import PrepareConfig
-    from tasks.prepare import make_deduper
+    from tasks.global_dedup import make_deduper
 
     cfg = PrepareConfig()
     d = make_deduper(cfg)

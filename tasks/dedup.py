@@ -11,7 +11,7 @@ When `verify_jaccard` is on, LSH retrieves candidates at a lower `candidate_thre
 recall) and each candidate is confirmed by the true Jaccard of the shingle sets, which restores
 precision. Kept documents' shingles are not held in memory by `prepare`: the index keeps a
 reference per document and re-reads the candidate's shingles from its shard's work file (see
-`tasks.prepare.ShardShingles`); without shingles the MinHash estimate decides. `save`/`load`
+`tasks.global_dedup.ShardShingles`); without shingles the MinHash estimate decides. `save`/`load`
 persist the kept ids, exact-hash keys and signatures as Parquet; the band table is rebuilt from
 the signatures on load (nothing is unpickled), so an incremental run dedups new documents
 against all earlier kept ones.
@@ -66,7 +66,7 @@ class Deduper:
       `datasketch.MinHashLSH(params=(bands, rows))` over the same signatures;
     * verification: each kept document's `ref` (int64) into a shingle store. By default an
       in-memory `ShingleBuffer` of the first `cache_docs` documents; pass `shingles_of` (a callable
-      ref -> sorted uint32 array, or None) to re-read them from disk instead (`tasks.prepare`
+      ref -> sorted uint32 array, or None) to re-read them from disk instead (`tasks.global_dedup`
       re-reads the shard's `_shingles` column). Without shingles the MinHash estimate decides.
     """
 

@@ -155,10 +155,10 @@ def test_dedup_shards_rereads_shingles_from_shard_files(tmp_path, monkeypatch):
     """prepare's phase 2 verifies against shingles re-read from the shard files and gives the same
     answers as an in-memory index; the saved index (format 2) reloads with ids and exact keys."""
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
-    import tasks.prepare
-    from tasks.prepare import dedup_shards
+    import tasks.global_dedup
+    from tasks.global_dedup import dedup_shards
 
-    monkeypatch.setattr(tasks.prepare, "SHINGLE_CACHE_BYTES", 1)  # keep one shard: force re-reads
+    monkeypatch.setattr(tasks.global_dedup, "SHINGLE_CACHE_BYTES", 1)  # keep one shard: force re-reads
 
     texts = {f"s{s}-{i}": doc(1000 + s * 10 + i) for s in range(5) for i in range(4)}
     texts["s4-3"] = edit(texts["s0-1"], 3)  # near duplicate four shards back (out of the cache)

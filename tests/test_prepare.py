@@ -12,7 +12,8 @@ import pytest
 from llmflow.config import PrepareConfig
 from llmflow.step import run_step
 from llmflow.store import StepRef
-from tasks.prepare import VERSION, in_validation, prepare_step, process_table
+from tasks.doc_pipeline import in_validation, process_table
+from tasks.prepare import VERSION, prepare_step
 
 WORDS = [
     "the",
@@ -200,7 +201,7 @@ def test_prepare_accounts_for_every_document(store, corpus):
 
 
 def test_sub_step_error_is_rejected_not_raised(store, corpus, monkeypatch):
-    import tasks.prepare as prep
+    import tasks.doc_pipeline as prep
 
     def boom(text, types):
         if "number 7 " in text:
@@ -219,7 +220,7 @@ def test_sub_step_error_is_rejected_not_raised(store, corpus, monkeypatch):
 
 def test_bad_input_does_not_crash():
     """Empty, binary junk, a huge single line, 400k words, lone surrogates, mixed scripts."""
-    from tasks.prepare import DocPipeline, Rejected
+    from tasks.doc_pipeline import DocPipeline, Rejected
 
     texts = [
         "",

@@ -1,0 +1,148 @@
+"""Phases 2 and 3 of `prepare`: dedup over every shard's survivors, then the split per shard.
+
+`dedup_shards` streams the survivors' exact hashes and MinHash signatures through one
+`tasks.dedup.Deduper` in shard order (first occurrence wins) and returns
+``{id: (duplicate_of, kind, similarity)}``. The shingles for true-Jaccard verification are
+re-read from the shards' work files (`ShardShingles`), so memory is the index plus a constant,
+not the corpus. `finalize_shard` then writes one shard's `train/`, `validation/` and `rejects/`
+parts; a duplicate becomes a reject ``dedup`` with its ``duplicate_of``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llmflow.config import PrepareConfig
+from tasks.dedup import Deduper
+from tasks.doc_pipeline import OUT_SCHEMA, REJECT_SCHEMA, REJECT_TEXT_CHARS, in_validation
+
+SHINGLE_CACHE_BYTES = 32 << 20  # shard `_shingles` columns kept in memory for dedup verification
+
+
+def make_deduper(cfg: PrepareConfig) -> Deduper:
+    mh = cfg.dedup.minhash
+    return Deduper(
+        num_perm=mh.num_perm,
+        threshold=mh.threshold,
+        candidate_threshold=mh.candidate_threshold,
+        verify_jaccard=mh.verify_jaccard,
+        exact=cfg.dedup.exact,
+        near=mh.enabled,
+        cache_docs=mh.verify_cache_docs,
+        seed=mh.seed,
+    )
+
+
+class ShardShingles:
+    """Verification shingles re-read from the shards' work files instead of held in memory.
+
+    `ref = shard << 32 | row` names a kept document's row in `paths[shard]` (column `_shingles`,
+    sorted unique uint32). The `_shingles` columns of the shards read last stay in memory, up to
+    `max_bytes` (least recently used out first), so memory is bounded by a constant, not by the
+    corpus; a candidate from an evicted shard costs one column read of that shard."""
+
+    def __init__(self, paths: list[Path], max_bytes: int | None = None):
+        self.paths, self.max_bytes = paths, SHINGLE_CACHE_BYTES if max_bytes is None else max_bytes
+        self._cols: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.reads = 0
+
+    def put(self, shard: int, col: pa.ChunkedArray | pa.Array) -> None:
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+        self._cols.pop(shard, None)
+        self._cols[shard] = (arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False), valid)
+        while (
+            len(self._cols) > 1
+            and sum(o.nbytes + v.nbytes for o, v, _ in self._cols.values()) > self.max_bytes
+        ):
+            self._cols.pop(next(iter(self._cols)))  # least recently used first
+
+    def __call__(self, ref: int) -> np.ndarray | None:
+        shard, row = ref >> 32, ref & 0xFFFFFFFF
+        if shard in self._cols:
+            self._cols[shard] = self._cols.pop(shard)
+        else:
+            self.reads += 1
+            self.put(shard, pq.read_table(self.paths[shard], columns=["_shingles"]).column("_shingles"))
+        offsets, values, valid = self._cols[shard]
+        return None if valid is not None and not valid[row] else values[offsets[row] : offsets[row + 1]]
+
+
+def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[str, str, float]]:
+    """Phase 2: stream hashes and signatures through one index, first occurrence kept.
+
+    Kept documents' shingles for true-Jaccard verification are re-read from `kept_paths`
+    (`ShardShingles`), so the index holds ~650 bytes per kept document, not the shingle sets."""
+    dups: dict[str, tuple[str, str, float]] = {}
+    store = ShardShingles(kept_paths) if deduper.verify else None
+    deduper.shingles_of = store
+    for shard, path in enumerate(kept_paths):
+        cols = ["id", "_exact", "_sig"] + (["_shingles"] if store is not None else [])
+        t = pq.read_table(path, columns=cols)
+        ids, hashes = t.column("id").to_pylist(), t.column("_exact").to_pylist()
+        sigs = t.column("_sig")
+        sig_arr = (
+            sigs.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+            if deduper.near and len(ids) and sigs.null_count == 0
+            else None
+        )
+        if store is not None and len(ids):
+            store.put(shard, t.column("_shingles"))
+        for i, doc_id in enumerate(ids):
+            s = store(shard << 32 | i) if store is not None else None
+            m = deduper.check(
+                doc_id, hashes[i] or "", None if sig_arr is None else sig_arr[i], s, shard << 32 | i
+            )
+            if m is not None:
+                dups[doc_id] = (m.duplicate_of, m.kind, m.similarity)
+    deduper.forget_shingles()  # the work files go away after the step
+    deduper.shingle_rereads += store.reads if store is not None else 0
+    return dups
+
+
+def finalize_shard(
+    kept_path: Path,
+    rejects_path: Path,
+    shard: int,
+    out: Path,
+    dups: dict[str, tuple[str, str, float]],
+    fraction: float,
+) -> dict[str, Any]:
+    """Phase 3: split survivors, move duplicates to rejects, write the final parquet files."""
+    kept = pq.read_table(kept_path)
+    rejects = pq.read_table(rejects_path)
+    ids = kept.column("id").to_pylist()
+    is_dup = np.array([i in dups for i in ids], dtype=bool)
+    if is_dup.any():
+        d = kept.filter(pa.array(is_dup))
+        d_ids = d.column("id").to_pylist()
+        extra = pa.table(
+            {
+                "id": d.column("id"),
+                "source": d.column("source"),
+                "reason": pa.array(["dedup"] * len(d_ids), pa.string()),
+                "duplicate_of": pa.array([dups[i][0] for i in d_ids], pa.string()),
+                "value": pa.array([dups[i][2] for i in d_ids], pa.float64()),
+                "text": pa.array([t[:REJECT_TEXT_CHARS] for t in d.column("text").to_pylist()], pa.string()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+        rejects = pa.concat_tables([rejects, extra])
+    survivors = kept.filter(pa.array(~is_dup)).select(OUT_SCHEMA.names)
+    val = np.array([in_validation(i, fraction) for i in survivors.column("id").to_pylist()], dtype=bool)
+    stats: dict[str, Any] = {}
+    for split, mask in (("train", ~val), ("validation", val)):
+        part = survivors.filter(pa.array(mask))
+        (out / split).mkdir(exist_ok=True)
+        pq.write_table(part, out / split / f"part-{shard:05d}.parquet", compression="zstd")
+        stats[f"{split}_docs"] = part.num_rows
+        stats[f"{split}_bytes"] = sum(len(t.encode("utf-8")) for t in part.column("text").to_pylist())
+    (out / "rejects").mkdir(exist_ok=True)
+    pq.write_table(rejects, out / "rejects" / f"part-{shard:05d}.parquet", compression="zstd")
+    stats["rejected"] = rejects.num_rows
+    return stats
