@@ -231,7 +231,7 @@ class ArtifactStore:
             manifest.setdefault("created", time.time())
             manifest.setdefault("seconds", round(time.time() - t0, 3))
             manifest["files"] = {
-                p.relative_to(staging).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                p.relative_to(staging).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
                 for p in sorted(staging.rglob("*"))
                 if p.is_file() and p.name != MANIFEST
             }
@@ -361,13 +361,14 @@ def _sha256_once(path: str, st: os.stat_result) -> str:
     sid = (path, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     if sid in _VERIFIED:
         return _VERIFIED[sid]
-    digest = _sha256(Path(path))
+    digest = file_sha256(Path(path))
     if time.time() - max(st.st_mtime, st.st_ctime) > RACY_SECONDS:
         _VERIFIED[sid] = digest
     return digest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import functools
 import gc
-import hashlib
 import os
 import shutil
 import socket
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 
 from llmflow.config import DecontaminateConfig, PrepareConfig
 from llmflow.step import StepContext
-from llmflow.store import ArtifactStore, StepRef, step_key
+from llmflow.store import ArtifactStore, StepRef, file_sha256, step_key
 from tasks.common import step_task
 from tasks.decontaminate import Decontaminator
 from tasks.doc_pipeline import process_shard
@@ -110,20 +108,12 @@ def prepare_shard_step(ctx: StepContext) -> dict[str, Any]:
     return stats
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def split_into_shards(docs: StepRef, store: ArtifactStore) -> list[StepRef]:
     """One content-addressed `doc_shard` artifact per ingest shard (a hard link, no copy on a local
     store), so a shard's downstream key depends on its content, not on the other sources."""
     refs = []
     for f in sorted((store.local_path(docs) / "docs").glob("part-*.parquet")):
-        digest = _file_sha256(f)
+        digest = file_sha256(f)
         key = step_key(DOC_SHARD_STEP, 1, None, extra={"sha256": digest})
         if not store.exists(DOC_SHARD_STEP, key):
             manifest = {"stats": {"sha256": digest, "first_seen_as": f"{docs.step}/{docs.key}/docs/{f.name}"}}
