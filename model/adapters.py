@@ -42,6 +42,7 @@ def load_base(model_dir: str | Path, device: str | torch.device | None = None):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:
         raise ValueError(f"{model_dir} has no usable tokenizer: {e}") from e
+    tokenizer.truncation_side = "left"  # llmflow's default for a prompt too long (model.chat.fit_prompt)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     check_compatible(model, tokenizer, where=str(model_dir))
     if device is not None:
@@ -132,7 +133,12 @@ def save_finetuned(
     """
     out = Path(out)
     model_out = out / "model"
-    meta: dict[str, Any] = {"method": method, "merged": method != "prompt", "base_fingerprint": fingerprint}
+    meta: dict[str, Any] = {
+        "method": method,
+        "merged": method != "prompt",
+        "base_fingerprint": fingerprint,
+        "truncation_side": tokenizer.truncation_side,  # how it was trained to see long prompts
+    }
     if method in ("lora", "prompt"):
         model.save_pretrained(out / "adapter")  # peft reads the base's config at its real path
         if base_name is not None:
@@ -191,12 +197,14 @@ def load_finetuned(path: str | Path, device: str | torch.device | None = None):
 
     Merged (LoRA, full) models load with AutoModelForCausalLM; prompt tuning loads the base copy
     in `model/` and attaches `../adapter` (a PeftModel; `generate` works the same). Eval mode.
+    The tokenizer's `truncation_side` is the one the model was fine-tuned with.
     """
     path = Path(path)
     model_dir = path / "model" if (path / "model" / "config.json").exists() else path
     meta_path = model_dir / FINETUNE_META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"merged": True}
     model, tokenizer = load_base(model_dir)
+    tokenizer.truncation_side = meta.get("truncation_side", "left")
     if not meta.get("merged", True):
         model = load_adapter(model, (model_dir / meta["adapter"]).resolve())
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

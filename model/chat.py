@@ -25,6 +25,25 @@ def format_response(response: str) -> str:
     return f"{response}{END}"
 
 
+def fit_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]:
+    """(token ids of a rendered prompt in at most `budget` tokens, whether it was cut).
+
+    Too long: with `tokenizer.truncation_side == "left"` (llmflow's default, as for a chat) the
+    prompt loses its start; with "right" its text loses its end but the answer cue
+    (`<|end|>\\n<|assistant|>\\n`) stays, so a task whose prompts open with what matters most
+    (a signature, a title) keeps it. A prompt that fits is tokenized whole either way.
+    """
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return ids, False
+    cut = prompt.rfind(END)
+    if getattr(tokenizer, "truncation_side", "left") != "right" or cut < 0:
+        return (ids[len(ids) - budget :] if budget > 0 else []), True
+    head = tokenizer(prompt[:cut], add_special_tokens=False)["input_ids"]
+    cue = tokenizer(prompt[cut:], add_special_tokens=False)["input_ids"]
+    return (head[: max(budget - len(cue), 0)] + cue)[-budget:] if budget > 0 else [], True
+
+
 def format_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
     """Chat messages -> (prompt text up to the last assistant turn, last assistant response)."""
     if not messages or messages[-1].get("role") != "assistant":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model.chat import END
+from model.chat import END, fit_prompt
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -56,7 +56,9 @@ def generate(
 ) -> list[str]:
     """Continue each prompt; returns only the new text. temperature 0 = greedy.
 
-    Prompts are left-padded in batches; generation stops at `<|end|>` or eos.
+    Prompts are left-padded in batches; one too long for the context is cut as
+    `model.chat.fit_prompt` says (the tokenizer's `truncation_side`). Generation stops at
+    `<|end|>` or eos.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -70,12 +72,9 @@ def generate(
     outputs: list[str] = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
-        keep = max(1, max_ctx - max_new_tokens)
-        encoded = [
-            [tokenizer.bos_token_id, *ids][-keep:] if tokenizer.bos_token_id is not None else ids[-keep:]
-            for ids in encoded
-        ]
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        keep = max(1, max_ctx - max_new_tokens - len(bos))  # room for the answer
+        encoded = [bos + fit_prompt(tokenizer, p, keep)[0] for p in chunk]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)

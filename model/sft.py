@@ -155,6 +155,7 @@ def finetune(
     `checkpoint_dir`: where `train_sft` saves and resumes checkpoints (None: no checkpoints).
     """
     model, tokenizer = load_base(model_dir)
+    tokenizer.truncation_side = cfg.truncation_side  # saved with the model (save_finetuned)
     fingerprint = base_fingerprint(model)
     data = {
         "train": build_sft(train_rows, tokenizer, cfg.max_len),

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from model.chat import ASSISTANT, SYSTEM, USER, format_messages, format_response
+from model.chat import ASSISTANT, SYSTEM, USER, fit_prompt, format_messages, format_response
 from model.chat import format_prompt as _format_prompt
 
 IGNORE = -100
@@ -96,20 +96,18 @@ def encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> tuple[li
     """(input_ids, labels, truncated) for a rendered prompt and a raw response.
 
     input = [bos] + prompt + response + `<|end|>` + eos; labels copy the response part and are
-    -100 elsewhere. Too long: drop prompt tokens from the left (bos stays); if the response alone
-    leaves fewer than 4 prompt tokens, RejectedRow('too_long:response').
+    -100 elsewhere. Too long: the prompt is cut to fit as `model.chat.fit_prompt` does (on the
+    tokenizer's `truncation_side`; bos stays); if the response alone leaves fewer than 4 prompt
+    tokens, RejectedRow('too_long:response').
     """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id
     ]
     budget = max_len - len(bos) - len(r_ids)
-    if budget < min(4, len(p_ids)):
+    p_ids, truncated = fit_prompt(tokenizer, prompt, max(budget, 0))
+    if budget < 0 or (truncated and budget < 4):
         raise RejectedRow("too_long:response", f"{len(r_ids)} response tokens, max_len {max_len}")
-    truncated = len(p_ids) > budget
-    if truncated:
-        p_ids = p_ids[len(p_ids) - budget :]
     ids = bos + p_ids + r_ids
     return ids, [IGNORE] * (len(ids) - len(r_ids)) + r_ids, truncated
 

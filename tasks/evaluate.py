@@ -112,7 +112,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     # Reference points on the same items: the model before fine-tuning and trivial baselines.
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
-        baselines = _baselines(ctx, rows, refs, generate, gen, cfg.seed)
+        baselines = _baselines(ctx, rows, refs, generate, gen, cfg.seed, tokenizer.truncation_side)
         timer("baselines")
 
     # Language-model quality on the pretraining validation split.
@@ -242,7 +242,9 @@ def _bpb(model, ctx: StepContext, cfg) -> dict[str, float]:
     return {"val_bpb": r["bpb"], "val_ppl": r["ppl"], "val_loss": r["loss"], "val_tokens": r["tokens"]}
 
 
-def _baselines(ctx: StepContext, rows, refs, generate, gen, seed) -> dict[str, dict[str, Any]]:
+def _baselines(
+    ctx: StepContext, rows, refs, generate, gen, seed, candidate_side: str
+) -> dict[str, dict[str, Any]]:
     """{name: {predictions, per_sample, metrics}} of the model before fine-tuning (`base`, when
     the step has that input) and of the task's trivial baselines (tasks/baselines.py)."""
     from model.adapters import load_finetuned
@@ -252,6 +254,7 @@ def _baselines(ctx: StepContext, rows, refs, generate, gen, seed) -> dict[str, d
     answers: dict[str, list[str]] = {}
     if "base" in ctx.inputs:
         base, tokenizer = load_finetuned(ctx.input_path("base"))
+        tokenizer.truncation_side = candidate_side  # the same prompts, cut the same way
         answers["base"] = []
         for i in range(0, len(prompts), gen["batch_size"]):
             batch = [render_prompt(p) for p in prompts[i : i + gen["batch_size"]]]

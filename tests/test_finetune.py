@@ -15,7 +15,7 @@ from llmflow.config import DPOConfig, FinetuneConfig
 from llmflow.step import run_step
 from llmflow.store import ArtifactStore
 from model import adapters, dpo, sft, sft_data
-from model.chat import CHAT_TEMPLATE, format_prompt
+from model.chat import CHAT_TEMPLATE, fit_prompt, format_prompt
 from tests.helpers import task_rows, tiny_model_dir, tiny_tokenizer_dir, write_jsonl
 
 
@@ -121,6 +121,27 @@ def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
     assert len(data.examples) == 2  # "ok" and the chat-messages row
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_long_prompt_loses_its_start_or_its_end_but_keeps_the_answer_cue(tokenizer, side):
+    tokenizer.truncation_side = side
+    try:
+        long_prompt = "def opening_name(x): " + "return the sum of x " * 40 + "closing words"
+        ids, labels, cut = sft_data.encode_pair(tokenizer, format_prompt(long_prompt), "sum.", max_len=48)
+        assert cut and len(ids) == 48 and ids[0] == tokenizer.bos_token_id
+        prompt_text = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100][1:])
+        assert prompt_text.rstrip().endswith("<|assistant|>")  # the model is still asked to answer
+        if side == "right":
+            assert "opening_name" in prompt_text and "closing" not in prompt_text
+        else:
+            assert "closing words" in prompt_text and "opening_name" not in prompt_text
+        # generation cuts a prompt too long for the context the same way (model.chat.fit_prompt)
+        fitted, was_cut = fit_prompt(tokenizer, format_prompt(long_prompt), 40)
+        assert was_cut and len(fitted) == 40
+        assert ("opening_name" in tokenizer.decode(fitted)) is (side == "right")
+    finally:
+        tokenizer.truncation_side = "left"
+
+
 def test_length_bucketing_groups_similar_lengths():
     lengths = [i % 50 for i in range(400)]
     gen = sft_data.bucketed_batches(400, lengths, 8, seed=0)
@@ -208,8 +229,20 @@ def test_full_finetune_trains_every_weight(dirs, tmp_path):
         result.model, tok, tmp_path, "full", dirs["base"], result.stats["base_fingerprint"]
     )
     assert not (tmp_path / "adapter").exists()
-    model, _ = adapters.load_finetuned(tmp_path / "model")
+    model, loaded_tok = adapters.load_finetuned(tmp_path / "model")
     assert torch.allclose(logits(model, tok), logits(result.model.eval(), tok), atol=1e-5)
+    assert loaded_tok.truncation_side == "left"  # the default, recorded with the model
+
+
+def test_the_truncation_side_is_trained_and_loaded_with_the_model(dirs, tmp_path):
+    result, tok, _ = sft.finetune(
+        dirs["base"], task_rows(8), [], cfg(method="full", max_steps=1, truncation_side="right")
+    )
+    adapters.save_finetuned(
+        result.model, tok, tmp_path, "full", dirs["base"], result.stats["base_fingerprint"]
+    )
+    _, loaded = adapters.load_finetuned(tmp_path)
+    assert loaded.truncation_side == "right"
 
 
 def test_max_seconds_stops_training_early(dirs):

@@ -90,6 +90,12 @@ class FinetuneConfig(Section):
     max_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     max_len: int = Field(default=256, ge=16, le=32_768)
+    truncation_side: Literal["left", "right"] = Field(
+        default="left",
+        description="A prompt too long for max_len (or, when generating, for the context) loses its "
+        "start (left, as for a chat) or the end of its text (right: keeps a task prompt's opening, "
+        "such as a signature). Recorded with the model, so generation cuts the same way.",
+    )
     warmup_steps: int = Field(default=10, ge=0, le=MAX_STEPS)
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decay of trainable matrices.")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
