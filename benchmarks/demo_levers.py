@@ -30,6 +30,10 @@ LEVERS: dict[str, dict] = {
     "lora-300": {"max_steps": 300},
     "full-300": {"method": "full", "lr": 5e-4, "max_steps": 300},
     "full-300-lr2e-3": {"method": "full", "lr": 2e-3, "max_steps": 300},
+    "full-600-lr2e-3": {"method": "full", "lr": 2e-3, "max_steps": 600},
+    "full-600-lr2e-3-right": {"method": "full", "lr": 2e-3, "max_steps": 600, "truncation_side": "right"},
+    "full-300-lr4e-3": {"method": "full", "lr": 4e-3, "max_steps": 300},
+    "full-1000-lr2e-3-right": {"method": "full", "lr": 2e-3, "max_steps": 1000, "truncation_side": "right"},
 }
 
 
