@@ -272,7 +272,7 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_every_package():
 
 
 def test_the_commands_the_stack_runs_exist():
-    """`llmflow serve` and `llmflow deploy` come from the CLI (deployments/cli.py)."""
+    """`llmflow serve` and `llmflow deploy` come from the CLI (deployments/cli_ops.py)."""
     from deployments import cli
 
     names = {c.name or c.callback.__name__ for c in cli.app.registered_commands}
