@@ -102,7 +102,7 @@ def server(
     cfg = pipeline_config(config, set)
     explicit_home = home
     home = use_home(home)
-    from deployments.service import is_loopback
+    from deployments.access import is_loopback
 
     auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING", "").strip()
     if not is_loopback(host) and not auth:
@@ -215,7 +215,7 @@ def serve(
     home = use_home(home)
     ensure_writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
     _check_port(host or cfg.serve.host, port or cfg.serve.port)
-    from deployments.service import BindError
+    from deployments.access import BindError
     from deployments.service import run as run_service
 
     try:

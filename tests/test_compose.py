@@ -238,7 +238,7 @@ def test_the_secrets_reach_every_service_that_needs_them(services, monkeypatch):
 
 
 def test_published_ports_bind_loopback_unless_told(raw, services):
-    from deployments.service import BindError, check_bind
+    from deployments.access import BindError, check_bind
 
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
     assert set(published) == {"prefect-server", "serve"}  # PostgreSQL, the worker: inside only
