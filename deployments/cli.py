@@ -33,7 +33,7 @@ from deployments.cli_app import (
     err_console,
     fail,
     pipeline_config,
-    use_home,
+    writable_home,
 )
 from deployments.summary import print_summary
 from llmflow.config import ConfigError, InputError, PipelineConfig
@@ -102,8 +102,7 @@ class _OneLineFailures(logging.Filter):
 
 def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
     cfg = pipeline_config(preset, overrides)
-    home = use_home(home)
-    ensure_writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
+    home = writable_home(home)
     _prefect_env()
     from prefect import flow
     from prefect.logging.handlers import PrefectConsoleHandler

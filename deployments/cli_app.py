@@ -69,3 +69,10 @@ def ensure_writable(path: str, what: str, fix: str) -> None:
             pass
     except OSError as e:
         fail(f"{what} {path} is not a writable folder ({e.strerror or e}): {fix}")
+
+
+def writable_home(home: str | None) -> str:
+    """The workspace root (as `use_home`), created, or one line (exit 2) when it cannot be written."""
+    home = use_home(home)
+    ensure_writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
+    return home

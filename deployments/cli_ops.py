@@ -19,10 +19,10 @@ from deployments.cli_app import (
     SetOpt,
     app,
     console,
-    ensure_writable,
     fail,
     pipeline_config,
     use_home,
+    writable_home,
 )
 from llmflow.config import PipelineConfig
 
@@ -212,8 +212,7 @@ def serve(
 ) -> None:
     """Serve the champion model over HTTP: /generate, /feedback, /health, /model."""
     cfg = pipeline_config(config, set)
-    home = use_home(home)
-    ensure_writable(home, "the workspace", "choose another --home or LLMFLOW_HOME")
+    home = writable_home(home)
     _check_port(host or cfg.serve.host, port or cfg.serve.port)
     from deployments.access import BindError
     from deployments.service import run as run_service
