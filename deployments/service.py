@@ -18,12 +18,10 @@ fields, max_new_tokens over the limit, an unknown model version), 429 (a client'
 its rate, with Retry-After); 503 when no champion is loaded.
 
 Safe by default: `run` binds loopback unless told otherwise, and refuses any other address
-without a token (`BindError`, exit code 2 from `llmflow serve`).
+without a token (deployments/access.py: `BindError`, exit code 2 from `llmflow serve`).
 
-The model comes from a pluggable source, a callable returning `(version, model_dir)` or None
-(by default the registry's champion). It is asked at most every `reload_interval_seconds`, by a
-background thread and on requests, and a changed version is loaded beside the old one and
-swapped in; a model that fails to load leaves the old one serving.
+The model is the registry's champion, or any pluggable source, reloaded when it changes
+(deployments/champion.py); the request bodies are in deployments/service_schemas.py.
 
 Feedback goes to the durable store (llmflow/feedback.py). Each item emits
 `llmflow.feedback.received`; when the new feedback passes the threshold, the service claims a
@@ -40,22 +38,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import ipaddress
 import logging
 import math
-import os
 import threading
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.access import check_bind, serve_token
+from deployments.champion import Champion, ModelSource, registry_source
 from deployments.handoff import Check, Handoff, prefect_api_url, prefect_check
 from deployments.limits import BodyLimit, RateLimit
+from deployments.service_schemas import FeedbackRequest, GenerateRequest, GenerateResponse
 from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
 from llmflow.feedback import FeedbackStore, ThresholdPolicy
@@ -63,21 +60,7 @@ from llmflow.store import ArtifactStore
 
 log = logging.getLogger("llmflow.serve")
 
-ModelSource = Callable[[], "tuple[str, str] | None"]
 Emitter = Callable[..., Any]
-
-
-def registry_source(name: str, store: ArtifactStore | None = None) -> ModelSource:
-    """The registry's champion as `(version, model_path)`, or None when there is none."""
-    from llmflow.registry import Registry
-
-    registry = Registry(store or ArtifactStore(), name)
-
-    def source() -> tuple[str, str] | None:
-        entry = registry.champion()
-        return None if entry is None else (str(entry["version"]), str(entry["model_path"]))
-
-    return source
 
 
 def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any]) -> Any:
@@ -87,156 +70,6 @@ def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload)
-
-
-class BindError(ValueError):
-    """An address the service may not bind as configured (the message says what to change)."""
-
-
-def serve_token(cfg: ServeConfig) -> str | None:
-    """The bearer token: $LLMFLOW_SERVE_TOKEN, else `serve.token`; blank counts as none."""
-    token = os.environ.get("LLMFLOW_SERVE_TOKEN") or cfg.token
-    return token if token and token.strip() else None
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and `localhost`; every other address or name can be reached from elsewhere."""
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Raise BindError for an address other hosts can reach when no token guards it."""
-    if token is None and not is_loopback(host):
-        raise BindError(
-            f"refusing to serve on {host} without a token: set LLMFLOW_SERVE_TOKEN (or serve.token), "
-            "or bind 127.0.0.1"
-        )
-
-
-class Champion:
-    """The loaded champion: asks the source at most every `interval` seconds, swaps on change."""
-
-    def __init__(
-        self,
-        source: ModelSource,
-        interval: float,
-        device: str | None = None,
-        on_change: Callable[[str], None] | None = None,
-    ):
-        self.source, self.interval, self.device, self.on_change = source, interval, device, on_change
-        self.version: str | None = None
-        self.path: str | None = None
-        self.model = self.tokenizer = None
-        self.loaded_at: float | None = None
-        self.error: str | None = None
-        self._checked = float("-inf")
-        self._refresh_lock = threading.Lock()
-        self.generate_lock = threading.Lock()  # one generation at a time bounds memory
-
-    def refresh(self, force: bool = False) -> bool:
-        """Ask the source (if due) and load a new champion; True when the served model changed."""
-        if not force and time.monotonic() - self._checked < self.interval:
-            return False
-        if not self._refresh_lock.acquire(blocking=force):
-            return False  # another thread is already looking
-        try:
-            self._checked = time.monotonic()
-            try:
-                found = self.source()
-            except Exception as e:  # a registry hiccup keeps the current model serving
-                self.error = f"could not read the registry: {e}"
-                log.warning(self.error)
-                return False
-            if found is None:
-                changed = self.model is not None
-                self.version = self.path = self.model = self.tokenizer = self.loaded_at = None
-                self.error = None
-                return changed
-            version, path = found
-            if version == self.version:
-                return False
-            from model.generate import load
-
-            try:
-                model, tokenizer = load(path, device=self.device)
-            except Exception as e:
-                self.error = f"could not load champion version {version} from {path}: {e}"
-                log.error(self.error)
-                return False
-            self.model, self.tokenizer = model, tokenizer  # the old one serves until here
-            self.version, self.path, self.loaded_at, self.error = version, path, time.time(), None
-            log.info("serving champion version %s from %s", version, path)
-        finally:
-            self._refresh_lock.release()
-        if self.on_change is not None:
-            self.on_change(version)
-        return True
-
-    def snapshot(self) -> tuple[str, Any, Any]:
-        """(version, model, tokenizer), refreshed if due; 503 with the reason when there is none."""
-        self.refresh()
-        version, model, tokenizer = self.version, self.model, self.tokenizer
-        if model is None or version is None:
-            reason = self.error or "the registry has no champion yet: run the pipeline or promote a model"
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"no model to serve: {reason}")
-        return version, model, tokenizer
-
-
-# --------------------------------------------------------------------------- request bodies
-
-
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, description="The user's message (the chat format is applied).")
-    system: str | None = Field(default=None, description="Optional system message.")
-    max_new_tokens: int | None = Field(default=None, ge=1, description="Up to the service's limit.")
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1, le=10_000)
-    seed: int | None = Field(default=None, ge=0)
-
-
-class GenerateResponse(BaseModel):
-    id: str
-    text: str
-    model_version: str
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    generation_id: str | None = Field(default=None, description="The `id` /generate returned.")
-    prompt: str | None = Field(default=None, min_length=1, description="Without generation_id.")
-    response: str | None = Field(default=None, description="The answer rated (without generation_id).")
-    model_version: str | None = Field(default=None, min_length=1, max_length=200)
-    rating: int | None = Field(default=None, description="thumbs: -1, 0, 1; stars: 1..5.")
-    scale: Literal["thumbs", "stars"] = "thumbs"
-    correction: str | None = Field(default=None, min_length=1, description="A better answer.")
-    preferred: str | None = Field(default=None, min_length=1, description="The answer preferred.")
-
-    @model_validator(mode="after")
-    def _complete(self) -> FeedbackRequest:
-        if self.rating is None and self.correction is None and self.preferred is None:
-            raise ValueError("give a rating, a correction or a preferred response")
-        if self.rating is not None:
-            lo, hi = (-1, 1) if self.scale == "thumbs" else (1, 5)
-            if not lo <= self.rating <= hi:
-                raise ValueError(f"a {self.scale} rating is between {lo} and {hi}, got {self.rating}")
-        if self.generation_id is None and (
-            self.prompt is None or self.response is None or self.model_version is None
-        ):
-            raise ValueError("give generation_id, or prompt, response and model_version")
-        return self
-
-
-# --------------------------------------------------------------------------- the app
 
 
 def create_app(

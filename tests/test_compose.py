@@ -238,7 +238,7 @@ def test_the_secrets_reach_every_service_that_needs_them(services, monkeypatch):
 
 
 def test_published_ports_bind_loopback_unless_told(raw, services):
-    from deployments.service import BindError, check_bind
+    from deployments.access import BindError, check_bind
 
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
     assert set(published) == {"prefect-server", "serve"}  # PostgreSQL, the worker: inside only
@@ -272,7 +272,7 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_every_package():
 
 
 def test_the_commands_the_stack_runs_exist():
-    """`llmflow serve` and `llmflow deploy` come from the CLI (deployments/cli.py)."""
+    """`llmflow serve` and `llmflow deploy` come from the CLI (deployments/cli_ops.py)."""
     from deployments import cli
 
     names = {c.name or c.callback.__name__ for c in cli.app.registered_commands}

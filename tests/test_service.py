@@ -17,18 +17,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from deployments.access import BindError, check_bind, is_loopback
+from deployments.champion import registry_source
 from deployments.feedback import FeedbackStore
 from deployments.handoff import prefect_check
 from deployments.limits import RateLimit
-from deployments.service import (
-    BindError,
-    check_bind,
-    create_app,
-    is_loopback,
-    prefect_emitter,
-    registry_source,
-    run,
-)
+from deployments.service import create_app, prefect_emitter, run
 from llmflow import events
 from llmflow.config import ServeConfig
 from llmflow.registry import Registry
