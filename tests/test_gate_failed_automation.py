@@ -22,7 +22,8 @@ from deployments.automations import (
 )
 from llmflow import events
 from llmflow.config import load_config
-from tests.livestack import free_port, missing_prerequisite, wait_for, webhook
+from tests.livestack import drain_prefect_workers, free_port, missing_prerequisite, wait_for, webhook
+from tests.prereq import skip_missing
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 def api_url(tmp_path_factory):
     reason = missing_prerequisite()
     if reason:
-        pytest.skip(reason)
+        skip_missing("the llmflow and prefect commands", reason)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.localserver import LocalServer
@@ -42,6 +43,7 @@ def api_url(tmp_path_factory):
     try:
         with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
             yield srv.api_url
+            drain_prefect_workers()  # nothing of this process may stay bound to this server
     finally:
         srv.stop()
 

@@ -156,7 +156,9 @@ def test_scheduled_deployments_carry_their_schedules(stack):
     assert "event.payload.sft_path" in json.dumps(action.parameters)
     # and the one that reports a failed gate (nothing configured: it records the event only)
     [notify] = [a for a in automations if a.name == "notify smoke gate failed"]
-    assert notify.trigger.expect == {"llmflow.gate.failed"} and notify.actions[0].type == "do-nothing"
+    assert (
+        notify.trigger.expect == {"llmflow.gate.failed"} and notify.actions[0].type == "send-notification"
+    )  # to the hook
 
 
 def test_ui_is_told_its_own_api_address(stack):
@@ -372,6 +374,7 @@ def test_a_transient_io_error_is_retried_and_a_rerun_skips_cached_steps(stack, t
     with api(stack.api_url) as c:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        drain_prefect_workers()  # workers bound to an earlier server would lose this run's events
         with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
             state = flaky(return_state=True)
             drain_prefect_workers()
