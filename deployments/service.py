@@ -46,6 +46,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from deployments.access import check_bind, serve_token
@@ -150,6 +153,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each bad input, and a NaN or a lone surrogate cannot be
+        # written back as JSON (a 500); the type, place and message say what to change.
+        detail = [{k: e.get(k) for k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+
     app.state.champion, app.state.feedback, app.state.settings, app.state.name = champion, fb, cfg, name
     app.state.handoff = handoff
     bearer = HTTPBearer(auto_error=False)

@@ -7,9 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmflow.config import MAX_SEED
+
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are refused like any other out-of-range number
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(min_length=1, description="The user's message (the chat format is applied).")
     system: str | None = Field(default=None, description="Optional system message.")
@@ -17,7 +20,7 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1, le=10_000)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class GenerateResponse(BaseModel):
@@ -27,7 +30,7 @@ class GenerateResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     generation_id: str | None = Field(default=None, description="The `id` /generate returned.")
     prompt: str | None = Field(default=None, min_length=1, description="Without generation_id.")

@@ -163,9 +163,14 @@ def test_validation_and_size_limits(make):
         ({"prompt": "x" * 51}, 413, "prompt has 51 characters; the limit is 50"),
         ({"prompt": "x", "max_new_tokens": 9}, 422, "max_new_tokens 9 is over the limit of 8"),
         ({"prompt": "x" * 3000}, 413, "request body over the limit of 2048 bytes"),
+        ({"prompt": "x", "temperature": float("nan")}, 422, "finite number"),
+        ({"prompt": "x", "temperature": float("inf")}, 422, "finite number"),
+        ({"prompt": "x", "seed": 2**70}, 422, "less than or equal to 4294967295"),
+        ({"prompt": "caf\ud800"}, 422, "unable to parse raw data as a unicode string"),  # lone surrogate
     ]
     for body, code, reason in cases:
-        r = client.post("/generate", json=body)
+        # json.dumps writes NaN and Infinity as JavaScript does; Python's parser takes them
+        r = client.post("/generate", content=json.dumps(body), headers={"content-type": "application/json"})
         assert r.status_code == code, (body, r.text)
         assert reason in json.dumps(r.json()["detail"]), (body, r.text)
     r = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
