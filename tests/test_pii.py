@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
+
 from tasks.pii import iban_ok, luhn_ok, redact
 
 TEMPLATES = [
@@ -164,3 +166,25 @@ def test_spans_refer_to_the_original_text():
     assert r.text == "Mail <EMAIL>, call <PHONE>, ip <IPV4>."
     assert r.counts() == {"email": 1, "phone": 1, "ipv4": 1}
     assert redact(text, types=["email"]).text == "Mail <EMAIL>, call +1 415 555 0132, ip 10.0.0.1."
+
+
+# Recall on values an independent generator (Faker, 11 locales) wrote, at what was measured
+# (tests/pii_labels.py; deterministic). Phones in national formats, several card brands and
+# some IBAN groupings are missed today: the targets (>= 0.95 each) are the PII issue's work,
+# and these bounds catch any regression meanwhile.
+INDEPENDENT_RECALL = {
+    "email": 1.0,
+    "ipv4": 1.0,
+    "ipv6": 1.0,
+    "ssn": 1.0,
+    "iban": 0.909,
+    "credit_card": 0.840,
+    "phone": 0.600,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INDEPENDENT_RECALL))
+def test_recall_on_an_independently_generated_set(kind):
+    from tests.pii_labels import recall
+
+    assert recall(kind, redact) >= INDEPENDENT_RECALL[kind] - 0.001
