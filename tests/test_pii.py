@@ -168,17 +168,18 @@ def test_spans_refer_to_the_original_text():
     assert redact(text, types=["email"]).text == "Mail <EMAIL>, call +1 415 555 0132, ip 10.0.0.1."
 
 
-# Recall on values an independent generator (Faker, 11 locales) wrote, at what was measured
-# (tests/pii_labels.py; deterministic). Phones in national formats, several card brands and
-# some IBAN groupings are missed today: the targets (>= 0.95 each) are the PII issue's work,
-# and these bounds catch any regression meanwhile.
+# Recall on values an independent generator (Faker, 11 locales; every card brand Faker knows,
+# mobile numbers, IBANs grouped or lower-case) wrote, at what was measured (tests/pii_labels.py;
+# deterministic). Phones in national formats, several card brands, grouped and lower-case IBANs
+# are missed today: the targets (>= 0.95 each) are the PII issue's work, and these bounds catch
+# any regression meanwhile.
 INDEPENDENT_RECALL = {
     "email": 1.0,
     "ipv4": 1.0,
     "ipv6": 1.0,
     "ssn": 1.0,
-    "iban": 0.909,
-    "credit_card": 0.840,
+    "iban": 0.668,
+    "credit_card": 0.800,
     "phone": 0.600,
 }
 
