@@ -6,7 +6,7 @@ found, each `Span(type, start, end)` in ORIGINAL-text offsets. Pure and usable o
 | type | placeholder | how it is found |
 |---|---|---|
 | email | ``<EMAIL>`` | local@domain.tld |
-| phone | ``<PHONE>`` | +country code forms (E.164, 8-15 digits, grouped by spaces, dots, dashes, parentheses), North American ``(415) 555-0132`` / ``415-555-0132``, national trunk-0 forms ``020 7946 0958`` |
+| phone | ``<PHONE>`` | `phonenumbers` (libphonenumber) over the regions in `PHONE_REGIONS`, on digit runs of 7+ digits only: ``+``/``00`` international forms of possible length; national forms with a trunk ``0`` (``020 7946 0958``, ``(0161) 496 0972``), North American ``(415) 555-0132`` / ``415.555.0132``, Brazilian ``11 91234-5678``, and ES/IT/IN numbers grouped exactly as those countries write them; any possible number, 7-digit local ones included, when a phone word (``call``, ``tel``, ``mobile``, ``contact``, ``my number``, ...) is near. Extensions (``x123``, ``ext. 45``) are part of the span |
 | ipv4 | ``<IPV4>`` | four octets 0-255, not inside a longer dotted run (so ``1.2.3.4.5`` is left) |
 | ipv6 | ``<IPV6>`` | validated by `ipaddress`; at least 3 non-empty groups, so slices like ``a[::2]`` and ``::1`` are left |
 | credit_card | ``<CREDIT_CARD>`` | 13-19 digits (spaces/dashes allowed), a known issuer prefix and a valid Luhn checksum |
@@ -25,8 +25,13 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+import phonenumbers
+from phonenumbers import Leniency, PhoneNumberMatcher
+
 ALL_TYPES = ("secret", "email", "iban", "credit_card", "ssn", "ipv6", "ipv4", "phone")
 PLACEHOLDER = {t: f"<{t.upper()}>" for t in ALL_TYPES}
+# Regions whose national formats are recognised (numbers with + or 00 are found for any country).
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "BE", "ES", "IT", "IN", "AU", "BR")
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,6 @@ class Redaction:
 
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"
-)
-_PHONE = re.compile(
-    r"(?<![\w+/.-])(?:"
-    r"\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5}"  # international
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (415) 555-0132
-    r"|\d{3}([.-])\d{3}\1\d{4}"  # 415-555-0132, 415.555.0132
-    r"|0\d{1,4}[ -]\d{3,4}[ -]?\d{3,4}"  # national trunk prefix: 020 7946 0958
-    r")(?![\w/-]|\.\d)"
 )
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
@@ -90,6 +87,26 @@ _IBAN_LENGTHS = {  # ISO 13616 registry lengths for common countries; others: 15
 }  # fmt: skip
 
 
+# Phones: a cheap digit-run prefilter, then libphonenumber's matcher on the run and its surroundings.
+_PHONE_RUN = re.compile(r"\d[\d .()\-/\u00a0]{5,}\d")  # a leading + or ( is added after: 3x faster
+_PHONE_CUE = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|whatsapp|sms|contact|reach|"
+    r"(?:my|your|our|his|her|their)\s+(?:number|no)|telefon|handy|mobil|t[ée]l[ée]phone|"
+    r"telefoon|mobiel|tel[ée]fono|m[óo]vil|cellulare|celular|contato|ligue)\b|\u260e|\U0001f4de"
+)
+_PHONE_EXT = re.compile(r"(?i)[\s,]*(?:e?xt(?:ension)?\.?|x|#|anexo)[\s:.]*\d+#?$")
+_NANP = re.compile(r"(?:1[ .-]?)?(?:\(\d{3}\) ?\d{3}[ .-]|\d{3}([ .-])\d{3}\1)\d{4}")
+_BR_NATIONAL = re.compile(r"\(?\d{2}\)? 9?\d{4}-\d{4}")
+_GROUPED = re.compile(r"\d{2,5}(?:[ .-]\d{2,5}){1,4}")
+_DATE = re.compile(
+    r"\d{4}([-./])\d\d?\1\d\d?|\d\d?([-./])\d\d?\2\d{4}|(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
+)
+_SEPARATOR_PAIR = re.compile(r"[ .\-/][ .\-/]|\)\.")
+_SEQUENCES = "01234567890123456789 98765432109876543210"
+_DIGITS = re.compile(r"\d+")
+_TRUNK_REGIONS = tuple(r for r in PHONE_REGIONS if r != "US")
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -111,16 +128,127 @@ def iban_ok(iban: str) -> bool:
         return False
 
 
+def _phone_regions(text: str, s: int, e: int) -> tuple[list[tuple[str, int]], bool]:
+    """(region, leniency) pairs worth running the matcher with on this digit run ([] to skip it),
+    and whether a phone word is near. Cheap tests first: most digit runs in prose end here."""
+    run = text[s:e]
+    digits = _DIGITS.findall(run)
+    lead = run.lstrip("(")
+    if (
+        sum(map(len, digits)) < 7
+        or len(set("".join(digits))) <= 2  # 00 00 00 00, 1111111
+        or (len(digits[0]) == 1 and len(digits) > 1 and lead[0] not in "+1")  # 0.0100015, 0 2493
+        or (len(digits) > 6 and lead[0] != "+")  # a hex dump or a row of a table
+        or _glued_before(text, s, cued=True)
+        or _DATE.fullmatch(run)
+    ):
+        return [], False
+    if lead.startswith("+"):
+        return [("ZZ", Leniency.POSSIBLE)], False  # the country code is written: no region needed
+    if _PHONE_CUE.search(text, max(0, s - 40), s) or _PHONE_CUE.search(text, e, e + 25):
+        return [(r, Leniency.POSSIBLE) for r in PHONE_REGIONS], True
+    if text[s - 1 : s] == ":":
+        return [], False  # 16:30:08 2008, tcp:20000-25000
+    if lead.startswith("0"):
+        return [(r, Leniency.POSSIBLE) for r in _TRUNK_REGIONS], False
+    out = []
+    if _NANP.search(run):
+        out.append(("US", Leniency.POSSIBLE))
+    if _BR_NATIONAL.search(run):
+        out.append(("BR", Leniency.POSSIBLE))
+    if not out and _GROUPED.fullmatch(run):
+        n = sum(map(len, digits))  # national numbers without a trunk 0, written grouped exactly
+        regions = ("ES",) if n == 9 else ("IT", "IN") if n == 10 else ()  # as the country does
+        out = [(r, Leniency.EXACT_GROUPING) for r in regions]  # (EXACT_GROUPING: and valid)
+    return out, False
+
+
+def _glued_before(text: str, start: int, cued: bool) -> bool:
+    """Part of a word, path, decimal, hex offset, id or time (``Tel:`` before a number is fine)."""
+    before = text[start - 1] if start else " "
+    return before.isalnum() or before in "_.\\/@#$%-" or (before == ":" and not cued)
+
+
+def _glued_after(text: str, end: int) -> bool:
+    after, after2 = text[end : end + 1], text[end + 1 : end + 2]
+    return after.isalnum() or after in ("_", "@") or (after in (".", "-", "/") and after2.isalnum())
+
+
+def _phone_ok(text: str, start: int, end: int, raw: str, number, region: str, cued: bool) -> bool:
+    """The shape rules: what libphonenumber accepts as possible is not yet a phone in prose."""
+    body = _PHONE_EXT.sub("", raw)
+    groups = _DIGITS.findall(body)
+    digits = "".join(groups)
+    lead = body.lstrip("(")
+    if (
+        len(set(digits)) <= 2
+        or (len(groups) == 1 and digits in _SEQUENCES)  # 0123456789
+        or _SEPARATOR_PAIR.search(body)  # columns of a table, 2010 -0700, 0022). 0640
+        or body.count("(") != body.count(")")
+        or (len(groups) > 2 and all(int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)))
+        or len(groups[-1]) < 2  # 1.2345E+12345680.6
+        or _DATE.fullmatch(body)
+        or _glued_before(text, start, cued)
+        or _glued_after(text, end)  # 0.20.1.124-32, 02110-1335
+    ):
+        return False
+    if lead.startswith("+"):
+        return len(digits) >= 8 and phonenumbers.is_possible_number(number)
+    if len(digits) < 7 or not phonenumbers.is_possible_number(number):
+        return False
+    if any(len(g) < 2 for g in groups[1:]) or (len(groups) > 1 and len(groups[0]) < 2 and groups[0] != "1"):
+        return False
+    if lead.startswith("00"):  # international prefix, then a country code
+        return lead[2:3] in tuple("123456789") and (len(groups) >= 2 or phonenumbers.is_valid_number(number))
+    if cued:
+        return True
+    if region == "US" and _NANP.fullmatch(body):
+        return True
+    if region == "BR" and _BR_NATIONAL.fullmatch(body):
+        return True
+    return (
+        lead.startswith("0")
+        and len(digits) >= 9
+        and (len(groups) >= 2 or phonenumbers.is_valid_number(number))
+        and not re.fullmatch(r"\d{5}-\d{4}", body)  # a US ZIP+4 code
+    )
+
+
+def _find_phones(text: str):
+    for run in _PHONE_RUN.finditer(text):
+        s, e = run.span()
+        if s and text[s - 1] in "+(":
+            s -= 2 if text[max(0, s - 2) : s] == "(+" else 1
+        regions, cued = _phone_regions(text, s, e)
+        s0, e0 = max(0, s - 1), min(len(text), e + 14)  # + room for an extension
+        window = text[s0:e0]
+        best = None
+        for region, leniency in regions:
+            for m in PhoneNumberMatcher(window, region, leniency):
+                start, end, raw = s0 + m.start, s0 + m.end, m.raw_string
+                if raw.startswith("(") and raw.count("(") > raw.count(")"):  # "(+49 30 1234567)"
+                    start, raw = start + 1, raw[1:]
+                if start >= e or (best and end - start <= best[1] - best[0]):
+                    continue
+                if (
+                    not (_glued_before(text, start, cued) or _glued_after(text, end))
+                    if leniency == Leniency.EXACT_GROUPING
+                    else _phone_ok(text, start, end, raw, m.number, region, cued)
+                ):
+                    best = (start, end)
+            if best and best[0] <= s + 1 and best[1] >= e:
+                break  # the whole run is one number: other regions cannot do better
+        if best:
+            yield best
+
+
 def _find(kind: str, text: str):
     """Yield (start, end) of validated matches of one type."""
     if kind == "email":
         if "@" in text:
             yield from (m.span() for m in _EMAIL.finditer(text))
     elif kind == "phone":
-        for m in _PHONE.finditer(text):
-            n = sum(c.isdigit() for c in m.group())
-            if 8 <= n <= 15 and (m.group()[0] != "+" or n >= 9):
-                yield m.span()
+        yield from _find_phones(text)
     elif kind == "ipv4":
         if "." in text:
             yield from (m.span() for m in _IPV4.finditer(text))

@@ -158,6 +158,44 @@ def test_near_misses_are_left_alone():
         assert redact(text).spans == [], text
 
 
+@pytest.mark.parametrize(
+    "phone",
+    [
+        *("+1 415 555 0132", "(415) 555-0132", "415-555-0132", "415.555.0132", "415 555 0132"),
+        *("1-800-555-0199", "+1 (415) 555-0132 ext. 45", "415-555-0132 x123", "001-415-555-0132"),
+        *("+44 20 7946 0958", "020 7946 0958", "(020) 7946 0958", "07700 900123", "+44 (0)20 7946 0958"),
+        *("0044 20 7946 0958", "+442079460958", "(0161) 496 0972"),
+        *("+49 30 12345678", "030 12345678", "030/12345678", "0171 1234567", "+49 (0)30 1234 5678"),
+        *("0049 30 12345678", "(030) 1234567"),
+        *("+33 1 42 68 53 00", "01 42 68 53 00", "01.42.68.53.00", "06-12-34-56-78", "+33 (0)6 12 34 56 78"),
+        *("+31 20 123 4567", "020-1234567", "06-12345678", "06 12345678", "+31 (0)20 123 4567"),
+        *("+32 2 123 45 67", "02 123 45 67", "0470 12 34 56", "+32 470 12 34 56"),
+        *("+34 912 345 678", "912 345 678", "+34 612 34 56 78"),
+        *("+39 06 1234 5678", "06 1234 5678", "347 123 4567", "+39 347 123 4567"),
+        *("+91 98450 31276", "098450 31276", "98450 31276", "022 2345 6789", "+91-22-2345-6789"),
+        *("+61 2 9876 5432", "(02) 9876 5432", "0412 345 678", "+61 412 345 678"),
+        *("+55 11 91234-5678", "(11) 91234-5678", "11 91234-5678", "(21) 2345-6789"),
+    ],
+)
+def test_phone_numbers_as_people_write_them(phone):
+    text = f"{phone} is on file."
+    assert [(s.type, text[s.start : s.end]) for s in redact(text).spans] == [("phone", phone)]
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("Call 555-0132 after six.", "555-0132"),
+        ("Phone: 9871 6432", "9871 6432"),
+        ("Tel.: 347 1234567", "347 1234567"),
+        ("my number is 6502530000", "6502530000"),
+    ],
+)
+def test_a_phone_word_makes_a_bare_or_local_number_a_phone(text, phone):
+    assert [text[s.start : s.end] for s in redact(text).spans if s.type == "phone"] == [phone]
+    assert redact(f"It took {phone} cycles.").spans == []
+
+
 def test_spans_refer_to_the_original_text():
     text = "Mail a@b.com, call +1 415 555 0132, ip 10.0.0.1."
     r = redact(text)
@@ -169,10 +207,11 @@ def test_spans_refer_to_the_original_text():
 
 
 # Recall on values an independent generator (Faker, 11 locales; every card brand Faker knows,
-# mobile numbers, IBANs grouped or lower-case) wrote, at what was measured (tests/pii_labels.py;
-# deterministic). Phones in national formats, several card brands, grouped and lower-case IBANs
-# are missed today: the targets (>= 0.95 each) are the PII issue's work, and these bounds catch
-# any regression meanwhile.
+# mobile numbers, IBANs grouped or lower-case) wrote, as measured (tests/pii_labels.py;
+# deterministic), held with a slack of 0.005. Several card brands and lower-case IBANs are missed
+# today: the targets (>= 0.95 each) are the PII issue's work, and these bounds catch any regression
+# meanwhile. The phones missed are bare or local numbers with no phone word near (``3223443787 is
+# on file``, ``5863.3803``), which prose is full of, and Faker artefacts such as ``00083547163``.
 INDEPENDENT_RECALL = {
     "email": 1.0,
     "ipv4": 1.0,
@@ -180,7 +219,7 @@ INDEPENDENT_RECALL = {
     "ssn": 1.0,
     "iban": 0.668,
     "credit_card": 0.800,
-    "phone": 0.600,
+    "phone": 0.968,
 }
 
 
@@ -188,4 +227,4 @@ INDEPENDENT_RECALL = {
 def test_recall_on_an_independently_generated_set(kind):
     from tests.pii_labels import recall
 
-    assert recall(kind, redact) >= INDEPENDENT_RECALL[kind] - 0.001
+    assert recall(kind, redact) >= INDEPENDENT_RECALL[kind] - 0.005
