@@ -143,7 +143,7 @@ def test_clean_prose_is_rarely_altered():
     sents = clean_sentences()
     assert len(sents) >= 1000
     altered = [s for s in sents if redact(s).spans]
-    assert len(altered) / len(sents) <= 0.0015, altered[:10]  # measured: 1 of 2,000 (0.05%)
+    assert len(altered) / len(sents) <= 0.0015, altered[:10]  # measured: 0 of 2,000
 
 
 def test_near_misses_are_left_alone():
@@ -156,6 +156,25 @@ def test_near_misses_are_left_alone():
         "ssn-like 000-12-3456 and 666-12-3456 are never issued.",
     ]:
         assert redact(text).spans == [], text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Fixed in 9.0.1224 (2023-02-05), see line 1234567 of parser.c and port 8080.",
+        "Date: Fri Apr 18 16:30:08 2008 -0400, commit 3f2a9c1d0e4b, build 20220604.",
+        "Timestamps 1700000000 and 2024-03-15T12:30:45.123456Z, offset 0x00074420.",
+        "See CVE-2021-43396 and ISBN 0-201-07981-X; Boston, MA 02110-1335, USA.",
+        "ln(2) = 0.693147181 and 0.0100015000675014; 2**31 - 1 = 2147483647.",
+        "hexdump: 00 00 00 00 00 00 00 00 01 02 03 04 05 06 07",
+        "Since version 1.7.3.0 socat checks the peer; the old default was 9600/2400/1200 baud.",
+        "string.digits is '0123456789'; a table row:   120   4500   3300",
+        "Examples use 192.0.2.1 and 2001:db8::1 (reserved for documentation).",
+        "--oauth2-client-secret=OAUTH2_CLIENT_SECRET --secret=projects/p/secrets/my-secret/versions/1",
+    ],
+)
+def test_numbers_of_technical_prose_are_left_alone(text):
+    assert redact(text).spans == []
 
 
 @pytest.mark.parametrize(
@@ -196,6 +215,99 @@ def test_a_phone_word_makes_a_bare_or_local_number_a_phone(text, phone):
     assert redact(f"It took {phone} cycles.").spans == []
 
 
+@pytest.mark.parametrize(
+    ("prefix", "length"),
+    [
+        *(("4", 13), ("4", 16), ("4", 19)),  # Visa
+        *(("51", 16), ("55", 16), ("2221", 16), ("2720", 16)),  # Mastercard, 2-series included
+        *(("34", 15), ("37", 15)),  # Amex
+        *(("6011", 16), ("644", 16), ("65", 19)),  # Discover
+        *(("3530", 16), ("3589", 19), ("2131", 15), ("1800", 15)),  # JCB
+        *(("36", 14), ("300", 14), ("38", 16)),  # Diners Club
+        *(("5018", 12), ("6759", 16), ("5893", 19)),  # Maestro
+        *(("62", 16), ("62", 19)),  # UnionPay
+        ("2200", 16),  # Mir
+    ],
+)
+def test_payment_cards_of_every_major_brand(prefix, length):
+    number = _luhn_complete(prefix, length, random.Random(length))
+    grouped = " ".join(number[i : i + 4] for i in range(0, length, 4))
+    for written in (number, grouped, grouped.replace(" ", "-")):
+        text = f"Card {written} expires 09/27."
+        assert [(s.type, text[s.start : s.end]) for s in redact(text).spans] == [("credit_card", written)]
+    broken = number[:-1] + str((int(number[-1]) + 1) % 10)
+    assert redact(f"Card {broken} expires 09/27.").spans == []
+
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "DE89370400440532013000",
+        "DE89 3704 0044 0532 0130 00",
+        "de89 3704 0044 0532 0130 00",
+        "gb29nwbk60161331926819",
+        "FR14 2004 1010 0505 0001 3M02 606",
+        "NL91ABNA0417164300",
+        "BE68 5390 0754 7034",
+    ],
+)
+def test_ibans_in_any_case_and_grouping(iban):
+    text = f"Pay to {iban} by Friday."
+    assert [(s.type, text[s.start : s.end]) for s in redact(text).spans] == [("iban", iban)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("email", "jane.doe+news@mail.example.co.uk"),
+        ("email", '"john doe"@example.com'),
+        ("email", "josé@exemple.fr"),
+        ("email", "ops@[10.1.2.3]"),
+        ("ipv6", "2a00:1450:4001:81c::200e"),
+        ("ipv6", "::ffff:10.0.0.1"),
+        ("ipv6", "fe80::1ff:fe23:4567:890a%eth2"),
+        ("secret", "AKIAIOSFODNN7EXAMPLE"),
+        ("secret", "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/x8KdL3mQp02ZtYw77aBcDeF9"),
+        (
+            "secret",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        ),
+    ],
+)
+def test_identifiers_and_secrets_as_written(kind, value):
+    text = f"Value: {value} (from the log)"
+    assert [(s.type, text[s.start : s.end]) for s in redact(text).spans] == [(kind, value)]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('api_key = "AKfj39dk2LQp0xZt7bNw"', "AKfj39dk2LQp0xZt7bNw"),
+        ("export GITHUB_TOKEN=x9Kd83LmQp02ZtYw77aB", "x9Kd83LmQp02ZtYw77aB"),
+        ('"client_secret": "3f9a0c27b4e1d58f6a2c9e07b1d4f3a8"', "3f9a0c27b4e1d58f6a2c9e07b1d4f3a8"),
+        ("DB_PASSWORD: Zq8#", None),  # too short to tell from a word
+        ("token = tokenize.generate_tokens(readline)", None),
+    ],
+)
+def test_the_value_of_a_secret_key_is_a_secret_when_it_looks_generated(text, secret):
+    assert [text[s.start : s.end] for s in redact(text).spans if s.type == "secret"] == (
+        [secret] if secret else []
+    )
+
+
+def test_real_technical_prose_is_rarely_altered():
+    """The stdlib's reference topics and docstrings (tasks.pydocs): lines a span touches. Most are
+    emails and IP addresses that are there (authors, examples); benchmarks/pii.py has the list."""
+    from tasks.pydocs import iter_documents
+
+    lines = altered = 0
+    for _, text, _ in iter_documents():
+        lines += sum(1 for line in text.split("\n") if line.strip())
+        altered += len({text.count("\n", 0, s.start) for s in redact(text).spans})
+    assert lines > 20_000
+    assert altered / lines <= 0.002, (altered, lines)  # measured: 55 of 57,578 lines (0.10%); target 0.5%
+
+
 def test_spans_refer_to_the_original_text():
     text = "Mail a@b.com, call +1 415 555 0132, ip 10.0.0.1."
     r = redact(text)
@@ -208,18 +320,17 @@ def test_spans_refer_to_the_original_text():
 
 # Recall on values an independent generator (Faker, 11 locales; every card brand Faker knows,
 # mobile numbers, IBANs grouped or lower-case) wrote, as measured (tests/pii_labels.py;
-# deterministic), held with a slack of 0.005. Several card brands and lower-case IBANs are missed
-# today: the targets (>= 0.95 each) are the PII issue's work, and these bounds catch any regression
-# meanwhile. The phones missed are bare or local numbers with no phone word near (``3223443787 is
-# on file``, ``5863.3803``), which prose is full of, and Faker artefacts such as ``00083547163``.
+# deterministic), held with a slack of 0.005. The phones missed are bare or local numbers with no
+# phone word near (``3223443787 is on file``, ``5863.3803``), which prose is full of, and Faker
+# artefacts such as ``00083547163``.
 INDEPENDENT_RECALL = {
     "email": 1.0,
     "ipv4": 1.0,
     "ipv6": 1.0,
     "ssn": 1.0,
-    "iban": 0.668,
-    "credit_card": 0.800,
-    "phone": 0.968,
+    "iban": 1.0,
+    "credit_card": 1.0,
+    "phone": 0.973,
 }
 
 
