@@ -10,8 +10,8 @@ found, each `Span(type, start, end)` in ORIGINAL-text offsets. Pure and usable o
 | iban | ``<IBAN>`` | any case, grouped by 4 or not: a registry country code, its registry length, ISO 13616 mod-97 == 1 |
 | credit_card | ``<CREDIT_CARD>`` | 12-19 digits (one kind of separator, spaces or dashes), an issuer range with a length it issues (Visa, Mastercard incl. 2-series, Amex, Discover, JCB 15/16+, Diners, Maestro, UnionPay, Mir) and a valid Luhn checksum |
 | ssn | ``<SSN>`` | US ``AAA-GG-SSSS`` (dash or space), excluding never-issued areas 000/666/9xx, group 00, serial 0000 |
-| ipv6 | ``<IPV6>`` | validated by `ipaddress` (compressed, IPv4-mapped, zone ids); at least 3 non-empty groups, so slices like ``a[::2]`` and ``::1`` are left; so are addresses that are nobody's: documentation (``2001:db8::/32``), loopback, unspecified, netmasks |
-| ipv4 | ``<IPV4>`` | four octets 0-255, not inside a longer dotted run (``1.2.3.4.5``), not after a version word (``version``, ``v``, ``since``, ``<=``); documentation (``192.0.2.0/24``, ...), loopback, unspecified addresses and netmasks (``255.255.255.252``) are left |
+| ipv6 | ``<IPV6>`` | validated by `ipaddress` (compressed, IPv4-mapped, zone ids); at least 3 non-empty groups, so slices like ``a[::2]`` and ``::1`` are left; so are addresses that are nobody's: documentation (``2001:db8::/32``), loopback, unspecified, masks |
+| ipv4 | ``<IPV4>`` | four octets 0-255, not inside a longer dotted run (``1.2.3.4.5``), not after a version word (``version``, ``v``, ``since``, ``<=``); documentation (``192.0.2.0/24``, ...), loopback, unspecified addresses, netmasks and host masks (``255.255.255.252``, ``0.0.0.255``) are left |
 | phone | ``<PHONE>`` | `phonenumbers` (libphonenumber) over the regions in `PHONE_REGIONS`, on digit runs of 7+ digits only: ``+``/``00`` international forms of possible length; national forms with a trunk ``0`` (``020 7946 0958``, ``(0161) 496 0972``), North American ``(415) 555-0132`` / ``415.555.0132``, Brazilian ``11 91234-5678``, and ES/IT/IN numbers grouped exactly as those countries write them; any possible number, 7-digit local ones included, when a phone word (``call``, ``tel``, ``mobile``, ``contact``, ``my number``, ...) is near. Extensions (``x123``, ``ext. 45``) are part of the span |
 
 Checksums (Luhn, mod-97), issuer and registry tables, libphonenumber's numbering plans and the
@@ -194,12 +194,14 @@ def _glued(text: str, start: int, chars: str, word: bool = True) -> bool:
 
 
 def _nobodys(address: str) -> bool:
-    """Documentation, loopback and unspecified addresses, and netmasks (255.255.255.252)."""
+    """Documentation, loopback and unspecified addresses, netmasks (255.255.255.252) and host
+    masks (0.0.0.255)."""
     ip = ipaddress.ip_address(address)
-    host_bits = ~int(ip) & (2**ip.max_prefixlen - 1)
+    bits, host_bits = int(ip), ~int(ip) & (2**ip.max_prefixlen - 1)
     return (
         ip.is_loopback
         or host_bits & (host_bits + 1) == 0
+        or bits & (bits + 1) == 0
         or any(ip.version == n.version and ip in n for n in _DOC_NETS)
     )
 
