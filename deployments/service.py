@@ -11,6 +11,9 @@ Endpoints (JSON; all but /health take `Authorization: Bearer <token>` when a tok
     GET  /model      the served champion (version, path, when loaded)
     GET  /health     liveness: 200 while the process runs, whether a model is loaded, and
                      whether retrains can be handed to Prefect (`retrain: {enabled, reason}`)
+    /v1/models, /v1/completions, /v1/chat/completions
+                     OpenAI's API over the same champion, token and limits, errors in OpenAI's
+                     shape; an answer's id is a generation id (deployments/openai_api.py)
 
 Errors are 4xx with a `detail` that says why: 401 (token), 404 (unknown generation id),
 409 (generation/version mismatch), 413 (body, prompt or answer over its limit), 422 (invalid
@@ -55,6 +58,7 @@ from deployments.access import check_bind, serve_token
 from deployments.champion import Champion, ModelSource, registry_source
 from deployments.handoff import Check, Handoff, prefect_api_url, prefect_check
 from deployments.limits import BodyLimit, RateLimit
+from deployments.openai_api import error_body, openai_app
 from deployments.service_schemas import FeedbackRequest, GenerateRequest, GenerateResponse
 from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
@@ -73,6 +77,11 @@ def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload)
+
+
+def body_limit_error(path: str, message: str) -> dict[str, Any]:
+    """A body over the limit: OpenAI's error shape under /v1, `detail` elsewhere."""
+    return error_body(413, message) if path.startswith("/v1/") else {"detail": message}
 
 
 def create_app(
@@ -152,7 +161,7 @@ def create_app(
         summary="Serves the registry's champion model and collects feedback that retrains it.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, render=body_limit_error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
@@ -199,6 +208,11 @@ def create_app(
                 status.HTTP_413_CONTENT_TOO_LARGE,
                 f"{field} has {len(text)} characters; the limit is {limit}",
             )
+
+    app.mount(
+        "/v1",
+        openai_app(champion=champion, feedback=fb, settings=cfg, name=name, authorized=authorized),
+    )
 
     @app.get("/health")
     def health() -> dict[str, Any]:
