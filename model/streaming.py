@@ -7,6 +7,9 @@ still turn out to be the start of a stop string (or a space the next token's dec
 change), so nothing streamed is ever taken back. The prompt is encoded as `model.generate`
 does (bos, then cut to fit the context by `model.chat.fit_prompt`); the answer ends at eos,
 `<|end|>`, a stop string or `max_new_tokens`.
+
+`generate_together` runs several streams in one batched `generate` (left-padded, each row
+stopping on its own); `model.batching.Batcher` queues concurrent streams into such batches.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
@@ -25,14 +29,21 @@ from model.generate import encode_prompt, prompt_budget, stop_token_ids
 _DONE = object()
 
 
+class Runner(Protocol):
+    """Where a stream's generation runs: `submit` it, and the runner calls `generate_together`."""
+
+    def submit(self, stream: TextStream) -> None: ...
+
+
 class TextStream:
     """Iterate for the new text; once iterated, `text`, `prompt_tokens`, `completion_tokens`
     (including the token that ended the answer) and `finish_reason` ("stop" for eos, `<|end|>`
     or a stop string; "length" for `max_new_tokens`) describe the answer. Iterate once.
 
-    `lock` (any context manager) is held around the model's work only, in the generating
-    thread, so a consumer that stops reading never keeps it: the generation is told to stop and
-    ends within a step. An exception in the generation is raised from the iteration."""
+    The generation runs in a thread of its own holding `lock` (any context manager) around the
+    model's work, or in a `runner`'s batch; either way a consumer that stops reading never
+    keeps the model: the generation is told to stop and ends within a step. An exception in the
+    generation is raised from the iteration."""
 
     def __init__(
         self,
@@ -47,11 +58,12 @@ class TextStream:
         seed: int | None = None,
         stop: Sequence[str] = (),
         lock: contextlib.AbstractContextManager | None = None,
+        runner: Runner | None = None,
     ):
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
-        self.sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
+        self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
         self.stop = [s for s in stop if s]
-        self.lock = lock or contextlib.nullcontext()
+        self.lock, self.runner = lock or contextlib.nullcontext(), runner
         self.input_ids, self.truncated = encode_prompt(
             tokenizer, prompt, prompt_budget(model, tokenizer, max_new_tokens)
         )
@@ -65,9 +77,20 @@ class TextStream:
         self._ended = threading.Event()  # the answer is complete: ignore further tokens, stop
         self._pieces: queue.Queue = queue.Queue()
 
+    @property
+    def batch_key(self) -> tuple:
+        """Streams with equal keys can share a batch: one model, one way of choosing tokens. A
+        seeded sample runs alone, so its seed alone decides its tokens."""
+        if self.temperature > 0 and self.seed is not None:
+            return (id(self),)
+        choice = (self.temperature, self.top_p, self.top_k) if self.temperature > 0 else "greedy"
+        return (id(self.model), id(self.tokenizer), choice)
+
     def __iter__(self) -> Iterator[str]:
-        worker = threading.Thread(target=self._generate, name="text-stream", daemon=True)
-        worker.start()
+        if self.runner is not None:
+            self.runner.submit(self)
+        else:
+            threading.Thread(target=generate_together, args=([self], self.lock), daemon=True).start()
         try:
             while (piece := self._pieces.get()) is not _DONE:
                 if isinstance(piece, BaseException):
@@ -81,59 +104,34 @@ class TextStream:
         """Stop the generation at its next step (a consumer that will read no more)."""
         self._ended.set()
 
-    def _generate(self) -> None:
-        try:
-            t = self.sampling["temperature"]
-            sampling = t > 0
-            device = next(self.model.parameters()).device
-            ids = torch.tensor([self.input_ids], dtype=torch.long, device=device)
-            pad_id = self.tokenizer.pad_token_id
-            with self.lock, torch.no_grad():
-                if self.sampling["seed"] is not None:
-                    torch.manual_seed(self.sampling["seed"])
-                self.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=sampling,
-                    temperature=t if sampling else None,
-                    top_p=self.sampling["top_p"] if sampling else None,
-                    top_k=self.sampling["top_k"] if sampling else None,
-                    eos_token_id=sorted(self._end_ids),
-                    pad_token_id=pad_id if pad_id is not None else self.tokenizer.eos_token_id,
-                    streamer=_Streamer(self),
-                    stopping_criteria=StoppingCriteriaList([_Ended(self._ended)]),
-                )
-        except BaseException as e:  # handed to the consumer, raised where it iterates
-            self._pieces.put(e)
-        finally:
-            self._pieces.put(_DONE)
+    # called in the generating thread
 
-    # called by the streamer, in the generating thread
-
-    def _take(self, token_ids: list[int]) -> None:
+    def _take(self, token: int) -> None:
         if self._ended.is_set():
             return
-        for t in token_ids:
-            self.completion_tokens += 1
-            if t in self._end_ids:
-                self.finish_reason = "stop"
-                self._ended.set()
-                break
-            self._new.append(t)
+        self.completion_tokens += 1
+        if token in self._end_ids:
+            self.finish_reason = "stop"
+            self._ended.set()
+        else:
+            self._new.append(token)
         text = self.tokenizer.decode(self._new, skip_special_tokens=True)
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
             text = text[: min(hits)]
             self.finish_reason = "stop"
             self._ended.set()
+        elif self.completion_tokens >= self.max_new_tokens:  # its own limit, in a longer batch
+            self._ended.set()
         self._emit(text if self._ended.is_set() else text[: self._safe_end(text)])
 
-    def _finish(self) -> None:
-        if not self._ended.is_set():
+    def _finish(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self._pieces.put(error)
+        elif not self._ended.is_set():
             self._ended.set()
-            text = self.tokenizer.decode(self._new, skip_special_tokens=True)
-            self._emit(text)
+            self._emit(self.tokenizer.decode(self._new, skip_special_tokens=True))
+        self._pieces.put(_DONE)
 
     def _emit(self, text: str) -> None:
         if len(text) > len(self._sent) and text.startswith(self._sent):
@@ -154,29 +152,68 @@ class TextStream:
         return end
 
 
-class _Streamer(BaseStreamer):
-    """Hands the generated tokens (not the prompt, which `generate` puts first) to the stream."""
+def generate_together(streams: list[TextStream], lock: contextlib.AbstractContextManager) -> None:
+    """Generate the answers of `streams` (one `batch_key`) in one left-padded batch, feeding each
+    its row; each row stops on its own (its end token, stop string, limit or gone consumer)."""
+    first = streams[0]
+    model, tokenizer = first.model, first.tokenizer
+    error: BaseException | None = None
+    try:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(len(s.input_ids) for s in streams)
+        ids = torch.full((len(streams), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(streams), width), dtype=torch.long)
+        for row, s in enumerate(streams):
+            ids[row, width - len(s.input_ids) :] = torch.tensor(s.input_ids)
+            mask[row, width - len(s.input_ids) :] = 1
+        device = next(model.parameters()).device
+        sampling = first.temperature > 0
+        with lock, torch.no_grad():
+            if sampling and first.seed is not None:
+                torch.manual_seed(first.seed)
+            model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max(s.max_new_tokens for s in streams),
+                do_sample=sampling,
+                temperature=first.temperature if sampling else None,
+                top_p=first.top_p if sampling else None,
+                top_k=first.top_k if sampling else None,
+                eos_token_id=sorted(first._end_ids),
+                pad_token_id=pad_id,
+                streamer=_Rows(streams),
+                stopping_criteria=StoppingCriteriaList([_Ended(streams)]),
+            )
+    except BaseException as e:  # handed to each consumer, raised where it iterates
+        error = e
+    finally:
+        for s in streams:
+            s._finish(error)
 
-    def __init__(self, stream: TextStream):
-        self.stream, self.prompt_seen = stream, False
+
+class _Rows(BaseStreamer):
+    """Hands each row's new token to its stream (not the prompt, which `generate` puts first)."""
+
+    def __init__(self, streams: list[TextStream]):
+        self.streams, self.prompt_seen = streams, False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.stream._take(value.reshape(-1).tolist())
+        for stream, token in zip(self.streams, value.reshape(-1).tolist(), strict=True):
+            stream._take(token)
 
     def end(self) -> None:
-        self.stream._finish()
+        pass  # generate_together finishes each stream, after an error too
 
 
 class _Ended(StoppingCriteria):
-    """Stops the generation once the stream has its answer or its consumer has gone."""
+    """Stops each row once its stream has its answer or its consumer has gone."""
 
-    def __init__(self, ended: threading.Event):
-        self.ended = ended
+    def __init__(self, streams: list[TextStream]):
+        self.streams = streams
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full(
-            (input_ids.shape[0],), self.ended.is_set(), dtype=torch.bool, device=input_ids.device
-        )
+        ended = [s._ended.is_set() for s in self.streams]
+        return torch.tensor(ended, dtype=torch.bool, device=input_ids.device)
