@@ -61,9 +61,23 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def openai_app(
     *, champion: Champion, feedback: FeedbackStore, settings: ServeConfig, name: str, authorized: Callable
 ) -> FastAPI:
-    """The /v1 application: mount it on the service's app, which keeps the body limit."""
+    """The /v1 application: mount it on the service's app, which keeps the body limit, and call
+    its `state.close()` when the service stops. With `max_batch_size` over 1, concurrent
+    requests are generated together (model.batching); `state.batching()` counts the batches."""
     cfg, fb = settings, feedback
     api = FastAPI(title="llmflow: OpenAI-compatible API", dependencies=[Depends(authorized)])
+    batcher = None
+    if cfg.max_batch_size > 1:
+        from model.batching import Batcher
+
+        batcher = Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000, lock=champion.generate_lock)
+
+    def batching() -> dict[str, Any]:
+        counts = {"batches": batcher.batches, "requests": batcher.streams} if batcher else {}
+        return {"max_batch_size": cfg.max_batch_size, **counts}
+
+    api.state.batching = batching
+    api.state.close = batcher.close if batcher else lambda: None
 
     @api.exception_handler(APIError)
     async def api_error(request, exc: APIError):
@@ -180,6 +194,7 @@ def openai_app(
             seed=req.seed,
             stop=req.stop,
             lock=champion.generate_lock,
+            runner=batcher,
         )
         params = {
             "api": kind,

@@ -155,6 +155,7 @@ def create_app(
         yield
         stop.set()
         poller.join(timeout=5)
+        v1.state.close()
 
     app = FastAPI(
         title="llmflow",
@@ -209,10 +210,8 @@ def create_app(
                 f"{field} has {len(text)} characters; the limit is {limit}",
             )
 
-    app.mount(
-        "/v1",
-        openai_app(champion=champion, feedback=fb, settings=cfg, name=name, authorized=authorized),
-    )
+    v1 = openai_app(champion=champion, feedback=fb, settings=cfg, name=name, authorized=authorized)
+    app.mount("/v1", v1)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -235,6 +234,7 @@ def create_app(
             "device": str(next(model.parameters()).device),
             "last_error": champion.error,
             "limits": {"max_prompt_chars": cfg.max_prompt_chars, "max_new_tokens": cfg.max_new_tokens},
+            "batching": v1.state.batching(),
         }
 
     @app.post("/generate", dependencies=[Depends(authorized)])

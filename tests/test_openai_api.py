@@ -1,13 +1,14 @@
 """The OpenAI-compatible endpoints, driven by the official `openai` client against a real uvicorn
 process on loopback serving a tiny champion from a real registry: the model list, completions and
 chat completions (whole and streamed, greedy, with stop strings), usage, OpenAI-shaped errors,
-and answers whose id /feedback takes."""
+answers whose id /feedback takes, and concurrent requests batched with the answers they get alone."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def service(tmp_path_factory):
     port = free_port()
     code = (
         "from deployments.service import run; from llmflow.config import ServeConfig; "
-        f"run(ServeConfig(token='t', max_new_tokens=64, max_prompt_chars=3000), port={port}, "
+        f"run(ServeConfig(token='t', max_new_tokens=64, max_prompt_chars=3000, batch_wait_ms=50), port={port}, "
         f"home={str(home)!r}, name='tiny', log_level='warning')"
     )
     env = {**os.environ, "LLMFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
@@ -273,3 +274,40 @@ def test_feedback_takes_the_answer_id_whole_or_streamed(client, service):
     assert (
         r.status_code == 409 and "came from model version 1" in r.json()["detail"]
     )  # recorded with its version
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(client, service):
+    prompts = ["def add(a, b): return a + b", "hi", "open a file for reading", "x"] * 2
+    alone = [
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": p}], **greedy())
+        .choices[0]
+        .message.content
+        for p in prompts[:4]
+    ]
+    model = httpx.get(f"{service[0]}/model", headers={"Authorization": "Bearer t"}, timeout=10).json()
+    before = model["batching"]
+    answers: list[str | None] = [None] * len(prompts)
+
+    def ask(i: int) -> None:
+        messages = [{"role": "user", "content": prompts[i]}]
+        if i % 2:  # streamed and whole requests share batches
+            chunks = client.chat.completions.create(model="tiny", messages=messages, stream=True, **greedy())
+            answers[i] = "".join(c.choices[0].delta.content or "" for c in chunks)
+        else:
+            answers[i] = (
+                client.chat.completions.create(model="tiny", messages=messages, **greedy())
+                .choices[0]
+                .message.content
+            )
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert answers == alone * 2
+    after = httpx.get(f"{service[0]}/model", headers={"Authorization": "Bearer t"}, timeout=10).json()[
+        "batching"
+    ]
+    assert after["max_batch_size"] == 8 and after["requests"] - before["requests"] == len(prompts)
+    assert after["batches"] - before["batches"] < len(prompts)  # some answers were generated together
