@@ -126,12 +126,17 @@ class TextStream:
         self._emit(text if self._ended.is_set() else text[: self._safe_end(text)])
 
     def _finish(self, error: BaseException | None = None) -> None:
-        if error is not None:
-            self._pieces.put(error)
-        elif not self._ended.is_set():
-            self._ended.set()
-            self._emit(self.tokenizer.decode(self._new, skip_special_tokens=True))
-        self._pieces.put(_DONE)
+        """Hand over the rest of the text, or the error; the consumer is always released."""
+        try:
+            if error is None and not self._ended.is_set():
+                self._ended.set()
+                self._emit(self.tokenizer.decode(self._new, skip_special_tokens=True))
+        except Exception as e:
+            error = e
+        finally:
+            if error is not None:
+                self._pieces.put(error)
+            self._pieces.put(_DONE)
 
     def _emit(self, text: str) -> None:
         if len(text) > len(self._sent) and text.startswith(self._sent):

@@ -226,6 +226,9 @@ def test_malformed_requests_are_400_in_openai_shape(client, service):
         r.status_code == 413
         and r.json()["error"]["message"] == "the prompt has 3001 characters; the limit is 3000"
     )
+    big = {"model": "tiny", "prompt": "x" * 300_000}  # over the body limit before it is read
+    r = httpx.post(f"{service[0]}/v1/completions", json=big, headers=auth, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
 def test_an_unknown_model_is_404(client):
@@ -311,3 +314,27 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(client, service):
     ]
     assert after["max_batch_size"] == 8 and after["requests"] - before["requests"] == len(prompts)
     assert after["batches"] - before["batches"] < len(prompts)  # some answers were generated together
+
+
+def test_no_champion_is_503_in_openai_shape(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from deployments.service import create_app
+    from llmflow.config import ServeConfig
+
+    app = create_app(
+        ServeConfig(),
+        name="tiny",
+        home=str(tmp_path / "home"),
+        model_source=lambda: None,
+        feedback=FeedbackStore(str(tmp_path / "fb.db")),
+        emit=lambda *a: None,
+        retrain_check=lambda: (False, "the test has no Prefect server"),
+        device="cpu",
+    )
+    with TestClient(app) as c:
+        for r in (c.get("/v1/models"), c.post("/v1/completions", json={"model": "tiny", "prompt": "hi"})):
+            assert r.status_code == 503
+            error = r.json()["error"]
+            assert error["type"] == "server_error" and "the registry has no champion yet" in error["message"]
+        assert c.get("/v1/nothing").json()["error"]["code"] == "not_found"
