@@ -17,10 +17,12 @@ from typing import Any
 
 
 class BodyLimit:
-    """413 for a request body over `limit` bytes, by Content-Length or by counting a chunked one."""
+    """413 for a request body over `limit` bytes, by Content-Length or by counting a chunked one.
+    The answer is `{"detail": ...}`, or what `render(path, message)` makes of it."""
 
-    def __init__(self, app: Any, limit: int):
+    def __init__(self, app: Any, limit: int, render: Callable[[str, str], dict] | None = None):
         self.app, self.limit = app, limit
+        self.render = render or (lambda path, message: {"detail": message})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -29,7 +31,7 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.limit:
-                return await self._reject(send)
+                return await self._reject(scope, send)
             return await self.app(scope, receive, send)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
@@ -41,7 +43,7 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.limit:
-                return await self._reject(send)
+                return await self._reject(scope, send)
         sent = False
 
         async def replay():
@@ -53,8 +55,9 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _reject(self, send):
-        detail = json.dumps({"detail": f"request body over the limit of {self.limit} bytes"}).encode()
+    async def _reject(self, scope, send):
+        message = f"request body over the limit of {self.limit} bytes"
+        detail = json.dumps(self.render(scope["path"], message)).encode()
         await send(
             {
                 "type": "http.response.start",

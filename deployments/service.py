@@ -11,6 +11,9 @@ Endpoints (JSON; all but /health take `Authorization: Bearer <token>` when a tok
     GET  /model      the served champion (version, path, when loaded)
     GET  /health     liveness: 200 while the process runs, whether a model is loaded, and
                      whether retrains can be handed to Prefect (`retrain: {enabled, reason}`)
+    /v1/models, /v1/completions, /v1/chat/completions
+                     OpenAI's API over the same champion, token and limits, errors in OpenAI's
+                     shape; an answer's id is a generation id (deployments/openai_api.py)
 
 Errors are 4xx with a `detail` that says why: 401 (token), 404 (unknown generation id),
 409 (generation/version mismatch), 413 (body, prompt or answer over its limit), 422 (invalid
@@ -55,6 +58,7 @@ from deployments.access import check_bind, serve_token
 from deployments.champion import Champion, ModelSource, registry_source
 from deployments.handoff import Check, Handoff, prefect_api_url, prefect_check
 from deployments.limits import BodyLimit, RateLimit
+from deployments.openai_api import error_body, openai_app
 from deployments.service_schemas import FeedbackRequest, GenerateRequest, GenerateResponse
 from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
@@ -73,6 +77,11 @@ def prefect_emitter(event: str, resource: dict[str, str], payload: dict[str, Any
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload)
+
+
+def body_limit_error(path: str, message: str) -> dict[str, Any]:
+    """A body over the limit: OpenAI's error shape under /v1, `detail` elsewhere."""
+    return error_body(413, message) if path.startswith("/v1/") else {"detail": message}
 
 
 def create_app(
@@ -146,13 +155,14 @@ def create_app(
         yield
         stop.set()
         poller.join(timeout=5)
+        v1.state.close()
 
     app = FastAPI(
         title="llmflow",
         summary="Serves the registry's champion model and collects feedback that retrains it.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, render=body_limit_error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
@@ -200,6 +210,9 @@ def create_app(
                 f"{field} has {len(text)} characters; the limit is {limit}",
             )
 
+    v1 = openai_app(champion=champion, feedback=fb, settings=cfg, name=name, authorized=authorized)
+    app.mount("/v1", v1)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {
@@ -221,6 +234,7 @@ def create_app(
             "device": str(next(model.parameters()).device),
             "last_error": champion.error,
             "limits": {"max_prompt_chars": cfg.max_prompt_chars, "max_new_tokens": cfg.max_new_tokens},
+            "batching": v1.state.batching(),
         }
 
     @app.post("/generate", dependencies=[Depends(authorized)])

@@ -193,9 +193,16 @@ class FeedbackStore:
     # ----------------------------------------------------------------- generations
 
     def record_generation(
-        self, model_version: str, prompt: str, response: str, params: dict[str, Any] | None = None
+        self,
+        model_version: str,
+        prompt: str,
+        response: str,
+        params: dict[str, Any] | None = None,
+        gid: str | None = None,
     ) -> str:
-        gid = uuid.uuid4().hex
+        """Keep a served answer for feedback; returns its id (`gid`, given when the client was told
+        the id before the answer was complete, as a stream does; else a new one)."""
+        gid = gid or new_generation_id()
         with self.engine.begin() as c:
             c.execute(
                 self.generations.insert().values(
@@ -433,6 +440,10 @@ class FeedbackStore:
             "sft_path": f"{uri}/sft.jsonl",
             "preferences_path": f"{uri}/preferences.jsonl",
         }
+
+
+def new_generation_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _retrain_dict(row: Any) -> dict[str, Any]:

@@ -41,6 +41,29 @@ def load(model_dir: str | Path, device: str | None = None):
     return model, tokenizer
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """The ids that end an answer: eos, and `<|end|>` where the tokenizer has it as one token."""
+    ids = [tokenizer.eos_token_id]
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
+        ids.append(end_id)
+    return ids
+
+
+def prompt_budget(model, tokenizer, max_new_tokens: int) -> int:
+    """How many prompt tokens (besides bos) fit in the context beside `max_new_tokens`; may be <= 0."""
+    max_ctx = getattr(model.config, "max_position_embeddings", None) or 10**9
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    return max_ctx - max_new_tokens - bos
+
+
+def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]:
+    """(bos + the prompt's ids cut to `budget` as `model.chat.fit_prompt` says, whether it was cut)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids, cut = fit_prompt(tokenizer, prompt, max(1, budget))
+    return bos + ids, cut
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -63,18 +86,13 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    stop_ids = [tokenizer.eos_token_id]
-    end_id = tokenizer.convert_tokens_to_ids(END)
-    if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
-        stop_ids.append(end_id)
+    stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    max_ctx = getattr(model.config, "max_position_embeddings", None) or 10**9
+    budget = prompt_budget(model, tokenizer, max_new_tokens)  # room for the answer
     outputs: list[str] = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        keep = max(1, max_ctx - max_new_tokens - len(bos))  # room for the answer
-        encoded = [bos + fit_prompt(tokenizer, p, keep)[0] for p in chunk]
+        encoded = [encode_prompt(tokenizer, p, budget)[0] for p in chunk]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)

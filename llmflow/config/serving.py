@@ -43,6 +43,18 @@ class ServeConfig(Section):
     )
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Largest max_new_tokens accepted.")
     default_new_tokens: int = Field(default=64, ge=1, le=8192, description="When a request names none.")
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Concurrent /v1 requests generated together in one batch (1 = one at a time).",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="How long a /v1 request waits for others to share its batch when the model is idle.",
+    )
     feedback_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the feedback store (postgresql://... or sqlite:///...); None = "
