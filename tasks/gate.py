@@ -71,7 +71,7 @@ class GateFailed(RuntimeError):
     `summary` is the flow's step summary (what ran, what was cached), for the command line."""
 
     def __init__(self, name: str, version: Any, reasons: list[str], summary: dict[str, Any] | None = None):
-        super().__init__(name, version, reasons, summary)
+        super().__init__(name, version, reasons)  # the summary stays out of repr and the run's log
         self.name, self.version, self.reasons, self.summary = name, version, list(reasons), summary or {}
 
     def __str__(self) -> str:

@@ -275,3 +275,13 @@ def test_gate_step_registers_promotes_and_compares_with_the_champion(store):
     d1c = json.loads((store.local_path(r1c) / "decision.json").read_text())
     assert r1c.stats["passed"] and d1c["candidate_is_champion"] and d1c["champion"] is None
     assert len(reg.list()) == 3
+
+
+def test_gate_failed_keeps_its_summary_out_of_the_log_but_through_pickling():
+    """The flow run's log line is the exception's repr: reasons, not the whole step summary."""
+    import pickle
+
+    e = G.GateFailed("m", 2, ["does not beat constant"], {"gate": {"uri": "/x"}})
+    assert repr(e) == "GateFailed('m', 2, ['does not beat constant'])"
+    assert str(e) == "gate failed for m v2: does not beat constant"
+    assert pickle.loads(pickle.dumps(e)).summary == {"gate": {"uri": "/x"}}
