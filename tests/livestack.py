@@ -290,3 +290,19 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def wait_model_loaded(url: str, proc: subprocess.Popen, why, timeout: float = 90.0) -> None:
+    """Poll a starting service's /health until its model is loaded; `why()` explains an exit."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, why()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).json()["model_loaded"]:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the service did not come up within {timeout:.0f} s"
+        time.sleep(0.3)

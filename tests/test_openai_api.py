@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from llmflow.feedback import FeedbackStore
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore
 from tests.helpers import tiny_model_dir, tiny_tokenizer_dir
-from tests.livestack import free_port
+from tests.livestack import free_port, wait_model_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "def add(a, b): return a + b"
@@ -50,16 +49,7 @@ def service(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).json()["model_loaded"]:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up within 90 s"
-            time.sleep(0.3)
+        wait_model_loaded(url, proc, log.read_text)
         yield url, tok, home
     finally:
         proc.terminate()

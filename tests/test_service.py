@@ -28,6 +28,7 @@ from llmflow.config import ServeConfig
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore
 from tests.helpers import tiny_model_dir, tiny_tokenizer_dir
+from tests.livestack import wait_model_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -509,16 +510,7 @@ def test_real_server_serves_the_registry_champion(tmp_path, models):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).json()["model_loaded"]:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up within 90 s"
-            time.sleep(0.3)
+        wait_model_loaded(url, proc, proc.stderr.read)
         auth = {"Authorization": "Bearer t"}
         r = httpx.post(
             f"{url}/generate", json={"prompt": "hi", "max_new_tokens": 3}, headers=auth, timeout=30
