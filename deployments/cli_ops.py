@@ -24,6 +24,7 @@ from deployments.cli_app import (
     use_home,
     writable_home,
 )
+from deployments.serve import DEFAULT_DATA_CRON, DEFAULT_RETRAIN_CRON
 from llmflow.config import PipelineConfig
 
 RetrainCronOpt = Annotated[str, typer.Option(help="Cron of the `retrain` deployment (weekly by default).")]
@@ -87,8 +88,8 @@ def server(
     config: PresetOpt = "demo",
     set: SetOpt = None,
     home: HomeOpt = None,
-    retrain_cron: RetrainCronOpt = "0 3 * * 1",
-    data_cron: DataCronOpt = "0 2 * * *",
+    retrain_cron: RetrainCronOpt = DEFAULT_RETRAIN_CRON,
+    data_cron: DataCronOpt = DEFAULT_DATA_CRON,
     timezone: TimezoneOpt = "UTC",
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="Only run the server; serve no deployments.")
@@ -180,8 +181,8 @@ def deploy(
     config: PresetOpt = "demo",
     set: SetOpt = None,
     home: HomeOpt = None,
-    retrain_cron: RetrainCronOpt = "0 3 * * 1",
-    data_cron: DataCronOpt = "0 2 * * *",
+    retrain_cron: RetrainCronOpt = DEFAULT_RETRAIN_CRON,
+    data_cron: DataCronOpt = DEFAULT_DATA_CRON,
     timezone: TimezoneOpt = "UTC",
 ) -> None:
     """Register the deployments on a process work pool of the server at PREFECT_API_URL.
