@@ -8,7 +8,8 @@ gate rejects the model.
 
 This module holds the pipeline verbs, `config` and `main`; the shared app and options are in
 deployments/cli_app.py, the end-of-run summary in deployments/summary.py, the registry and
-`generate` in deployments/cli_models.py, the operations commands in deployments/cli_ops.py.
+`generate` in deployments/cli_models.py, the operations commands in deployments/cli_ops.py,
+`forget` and `gc` in deployments/cli_erasure.py.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def show_config(config: PresetOpt = "demo", set: SetOpt = None) -> None:
 
 # The other commands register on `app` when their modules are imported: after the pipeline
 # verbs, so that `llmflow --help` lists those first.
-from deployments import cli_models, cli_ops  # noqa: E402, F401
+from deployments import cli_erasure, cli_models, cli_ops  # noqa: E402, F401
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def models_list(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
         console.print(f"No registered versions of '{name}' yet. Run [bold]llmflow run[/] first.")
         return
     table = Table(title=f"models: {name}")
-    for col in ("version", "aliases", "rougeL", "val_bpb", "created"):
+    for col in ("version", "aliases", "rougeL", "val_bpb", "created", "erased"):
         table.add_column(col)
     for e in entries:
         m = e.get("metrics", {})
@@ -48,8 +48,19 @@ def models_list(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
             f"{m['rougeL']:.3f}" if isinstance(m.get("rougeL"), int | float) else "",
             f"{m['val_bpb']:.3f}" if isinstance(m.get("val_bpb"), int | float) else "",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.get("created", 0))),
+            _erased(e.get("erased")),
         )
     console.print(table)
+    if any(e.get("erased") for e in entries):
+        console.print("Erased: trained on data an erasure request removed (README, 'Removing data').")
+
+
+def _erased(erased: dict | None) -> str:
+    """The `erased` column: the requests and whether the artifacts are deleted yet."""
+    if not erased:
+        return ""
+    state = "purged" if erased.get("purged") else "ERASED"
+    return f"{state} ({', '.join(erased.get('requests', []))})"
 
 
 @models_app.command("show")

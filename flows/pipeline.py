@@ -22,8 +22,7 @@ from llmflow.store import ArtifactStore, StepRef
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 from tasks.gate import gate, raise_if_failed
-from tasks.ingest import fingerprint as sources_fingerprint
-from tasks.ingest import ingest
+from tasks.ingest import ingest, ingest_extra
 from tasks.pack import pack
 from tasks.pretrain import pretrain
 from tasks.task_data import build_task_data
@@ -39,8 +38,8 @@ def compose(
     if until not in STEPS:
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
     run = StepRunner(home=home, force=force, until=until)
-    # Source files can change under an unchanged config: their fingerprint joins the key.
-    docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
+    # Source files and erasure requests change under an unchanged config: both join the key.
+    docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
     task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
     data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
     tok = run(train_tokenizer, config.tokenizer, data=data)
@@ -69,11 +68,12 @@ def compose(
 
 def _challenged_champion(name: str, tuned: StepRef | None, home: str | None) -> str | None:
     """The champion version the gate compares against; part of the gate's key, so a new champion
-    re-runs the gate. A model gated against itself is judged on values alone, hence None."""
+    re-runs the gate. A model gated against itself is judged on values alone, hence None, and so
+    is one gated against an erased champion (trained on data that must go: no standard to keep)."""
     if tuned is None:
         return None
     champion = Registry(ArtifactStore(home), name).champion()
-    if champion is None or champion.get("finetune_key") == tuned.key:
+    if champion is None or champion.get("finetune_key") == tuned.key or champion.get("erased"):
         return None
     return champion["version"]
 

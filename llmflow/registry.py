@@ -133,9 +133,12 @@ class Registry:
     def promote(self, ref: int | str) -> dict[str, Any]:
         """Make a version the champion; the previous champion goes on the rollback stack."""
         with self._locked() as idx:
-            version = self._resolve(idx, ref)
-            if not any(e["version"] == version for e in idx["versions"]):
-                raise RegistryError(f"model {self.name!r} has no version {ref!r}")
+            version = self._entry(idx, ref)["version"]
+            if self._entry(idx, ref).get("erased"):
+                raise RegistryError(
+                    f"{self.name} v{version} was built from erased data and cannot be champion: "
+                    "`llmflow forget --retrain` trains one without it"
+                )
             current = idx["aliases"].get("champion")
             if current != version:
                 if current is not None:
@@ -152,13 +155,47 @@ class Registry:
             if not idx["champion_history"]:
                 raise RegistryError(f"model {self.name!r} has no previous champion to roll back to")
             current = idx["aliases"].get("champion")
-            previous = idx["champion_history"].pop()
+            previous = idx["champion_history"][-1]
+            if self._entry(idx, previous).get("erased"):
+                raise RegistryError(
+                    f"the previous champion of {self.name!r}, v{previous}, was built from erased data: "
+                    "promote another version"
+                )
+            idx["champion_history"].pop()
             idx["aliases"]["champion"] = previous
             _log(idx, "rolled_back", previous, previous=current)
         return self.get(previous)
 
+    def mark_erased(self, ref: int | str, request_ids: list[str]) -> bool:
+        """Record on a version that it was built from erased data (llmflow/erasure.py): its entry
+        gets `erased` = {requests, marked}. Returns whether it was not marked by these requests yet."""
+        with self._locked() as idx:
+            entry = self._entry(idx, ref)
+            erased = entry.setdefault("erased", {"requests": [], "marked": time.time()})
+            new = [r for r in request_ids if r not in erased["requests"]]
+            erased["requests"] += new
+            if new:
+                _log(idx, "erased", entry["version"], requests=new)
+        return bool(new)
+
+    def retire(self, ref: int | str) -> list[str]:
+        """Take an erased version whose artifacts were purged out of service: off every alias and
+        the rollback stack, `erased.purged` set. Returns the aliases it lost."""
+        with self._locked() as idx:
+            entry = self._entry(idx, ref)
+            if not entry.get("erased"):
+                raise RegistryError(f"{self.name} v{entry['version']} is not marked erased")
+            v = entry["version"]
+            lost = sorted(a for a, target in idx["aliases"].items() if target == v)
+            for a in lost:
+                del idx["aliases"][a]
+            idx["champion_history"] = [h for h in idx["champion_history"] if h != v]
+            entry["erased"].setdefault("purged", time.time())
+            _log(idx, "purged", v, aliases=lost)
+        return lost
+
     def history(self) -> list[dict[str, Any]]:
-        """Registry events (registered, promoted, rolled_back), oldest first."""
+        """Registry events (registered, promoted, rolled_back, erased, purged), oldest first."""
         return list(self._index()["events"])
 
     # ----------------------------------------------------------------- internals
@@ -175,6 +212,13 @@ class Registry:
                 raise RegistryError(f"bad version {ref!r} (a number, vN, champion or challenger)")
             return int(digits)
         return int(ref)
+
+    def _entry(self, idx: dict[str, Any], ref: int | str) -> dict[str, Any]:
+        version = self._resolve(idx, ref)
+        for e in idx["versions"]:
+            if e["version"] == version:
+                return e
+        raise RegistryError(f"model {self.name!r} has no version {ref!r}")
 
     def _with_aliases(self, entry: dict[str, Any], idx: dict[str, Any]) -> dict[str, Any]:
         out = dict(entry)

@@ -9,6 +9,10 @@ hash of its content: identical across runs and machines, unique within a run.
 Each source is read into its own part artifact (`ingest_source/<key>` in the store), keyed by
 its config and a fingerprint of its files (`fingerprint`), and the step's shards are hard links
 to those parts: adding a source reads only that source, and editing a data folder re-reads it.
+
+Erased documents (llmflow/erasure.py) are left out as they are read and only counted: an erased
+source is not read at all. The erasure rules are part of the step's key (`ingest_extra`) and of
+each affected source part's key, so a request re-reads only the sources it can touch.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmflow.config import IngestConfig, InputError, SourceConfig
+from llmflow.erasure import Rules
 from llmflow.step import StepContext
-from llmflow.store import step_key
+from llmflow.store import ArtifactStore, step_key
 from tasks.common import step_task
 from tasks.readers import Record, read_source, resolve_files
 
@@ -114,16 +119,28 @@ def fingerprint(cfg: IngestConfig) -> dict[str, str]:
     return out
 
 
-def read_into_shards(src: SourceConfig, cfg: IngestConfig, out: Path, progress=None) -> dict[str, Any]:
-    """Read one source into `out/docs` and `out/rejects` shards; return its counts."""
+def ingest_extra(cfg: IngestConfig, home: str | None = None) -> dict[str, Any]:
+    """The step's `extra`: the sources' `fingerprint` and the erasure rules of the store, so that
+    an edited data folder or a new erasure request changes the key."""
+    return {"fingerprint": fingerprint(cfg), "erased": Rules.load(ArtifactStore(home)).key_part()}
+
+
+def read_into_shards(
+    src: SourceConfig, cfg: IngestConfig, out: Path, progress=None, rules: Rules | None = None
+) -> dict[str, Any]:
+    """Read one source into `out/docs` and `out/rejects` shards; return its counts. A record the
+    erasure `rules` match is counted as `erased` and written nowhere."""
     docs = ShardWriter(out / "docs", DOC_SCHEMA, cfg.shard_docs, cfg.shard_mb * 1e6)
     rejects = ShardWriter(out / "rejects", REJECT_SCHEMA, cfg.shard_docs, cfg.shard_mb * 1e6)
     by_reason: Counter[str] = Counter()
-    n_docs = n_bytes = 0
+    n_docs = n_bytes = n_erased = 0
     for rec in read_source(src):
         if rec.ok and len(rec.text.strip()) < cfg.min_chars:  # type: ignore[union-attr]
             rec = Record(rec.location, rec.text, rec.meta, "invalid:empty")
         rid = doc_id(src.name, rec.location, rec.text)
+        if rules and rules.erases(rid, src.name, rec.text) is not None:
+            n_erased += 1
+            continue
         meta = _meta_json(rec.meta)
         if rec.ok:
             docs.add({"id": rid, "text": rec.text, "source": src.name, "meta": meta})
@@ -142,6 +159,7 @@ def read_into_shards(src: SourceConfig, cfg: IngestConfig, out: Path, progress=N
         "rejected": by_reason.total(),
         "bytes": n_bytes,
         "rejects_by_reason": dict(by_reason),
+        "erased": n_erased,
     }
 
 
@@ -157,25 +175,44 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
     """Read every source into bounded document shards; invalid records go to rejects.
 
     Each source is read into its own store artifact (`ingest_source/<key>`, keyed by the
-    source's config, the shard settings, its files' fingerprint and the step's code hash), so
-    adding or editing one source re-reads only that source, and edited code re-reads them all;
-    the step's shards link to those of its sources. A source that yields no document at all
-    (every record rejected) is an `InputError` naming it.
+    source's config, the shard settings, its files' fingerprint, the erasure rules that apply to
+    it and the step's code hash), so adding or editing one source re-reads only that source, and
+    edited code re-reads them all; the step's shards link to those of its sources. Documents
+    that an erasure request names are left out and counted; an erased source is not read. A
+    source that yields no document at all (every record rejected) is an `InputError` naming it.
     """
     cfg: IngestConfig = ctx.config
+    rules = Rules.load(ctx.store)
+    if (ctx.extra or {}).get("erased", Rules().key_part()) != rules.key_part():
+        raise ValueError(
+            "the store's erasure requests are not those in this step's key: pass "
+            "extra=ingest_extra(config, home) (tasks/ingest.py) so that a request changes the key"
+        )
     fps = fingerprint(cfg)
     shards = {"docs": 0, "rejects": 0}
     rows: list[dict[str, Any]] = []
     by_license: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
+    erased: dict[str, int | str] = {}
     empty: list[str] = []
     for i, src in enumerate(cfg.sources):
+        applies = rules.for_source(src.name)
+        if applies == {"source": True}:
+            ctx.progress(i, len(cfg.sources), f"source {src.name} is erased: not read")
+            erased[src.name] = "all"
+            rows.append(
+                {"source": src.name, "kind": src.kind, "license": src.license, "cached": False}
+                | {"documents": 0, "rejected": 0, "bytes": 0, "erased": "all"}
+            )
+            continue
         ctx.progress(i, len(cfg.sources), f"reading source {src.name} ({src.kind}: {src.path})")
         extra = {
             "fingerprint": fps[src.name],
             "shards": [cfg.shard_docs, cfg.shard_mb],
             "min_chars": cfg.min_chars,
         }
+        if applies is not None:
+            extra["erased"] = applies
         key = step_key(SOURCE_STEP, VERSION, src, extra=extra, code=ctx.code)
         manifest = ctx.store.manifest(SOURCE_STEP, key)
         cached = manifest is not None
@@ -183,7 +220,7 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
             manifest = {"source": src.name, "extra": extra}
             with ctx.store.write(SOURCE_STEP, key, manifest) as part:
                 manifest["stats"] = read_into_shards(
-                    src, cfg, part, lambda m, i=i: ctx.progress(i, len(cfg.sources), m)
+                    src, cfg, part, lambda m, i=i: ctx.progress(i, len(cfg.sources), m), rules
                 )
         part = ctx.store.local_path((SOURCE_STEP, key))
         for sub in shards:
@@ -191,19 +228,27 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
                 _link(f, ctx.out / sub / f"part-{shards[sub]:05d}.parquet")
                 shards[sub] += 1
         st = manifest["stats"]
-        if st["documents"] == 0:
+        n_erased = st.get("erased", 0)
+        if n_erased:
+            erased[src.name] = n_erased
+        if st["documents"] == 0 and not n_erased:
             empty.append(_no_documents(src, st, part / "rejects"))
         by_license[src.license] += st["documents"]
         by_reason.update(st["rejects_by_reason"])
         rows.append(
             {"source": src.name, "kind": src.kind, "license": src.license, "cached": cached}
             | {k: st[k] for k in ("documents", "rejected", "bytes")}
+            | {"erased": n_erased}
         )
     ctx.progress(len(cfg.sources), len(cfg.sources), "done")
 
     if empty:
         raise InputError("; ".join(empty))
     n_docs, n_rej, n_bytes = (sum(r[k] for r in rows) for k in ("documents", "rejected", "bytes"))
+    if n_docs == 0:
+        raise InputError(
+            "every document of every source is erased (llmflow forget): add a source to ingest.sources"
+        )
     ctx.table(rows, "sources")
     ctx.report(_report(rows, by_license, by_reason, n_docs, n_rej, n_bytes, shards["docs"]))
     return {
@@ -212,10 +257,11 @@ def ingest_step(ctx: StepContext) -> dict[str, Any]:
         "bytes": n_bytes,
         "shards": shards["docs"],
         "reject_shards": shards["rejects"],
-        "by_source": {r["source"]: r["documents"] for r in rows},
+        "by_source": {r["source"]: r["documents"] for r in rows if r["erased"] != "all"},
         "by_license": {k: v for k, v in by_license.items() if v},
         "rejects_by_reason": dict(by_reason),
         "sources_cached": sum(r["cached"] for r in rows),
+        "erased": erased,
     }
 
 
@@ -244,10 +290,11 @@ def _report(
         "",
         f"**{n_docs:,} documents** ({n_bytes / 1e6:.2f} MB of text, {shards} shards), **{n_rej:,} rejected**.",
         "",
-        "| source | kind | licence | documents | rejected |",
-        "|---|---|---|---:|---:|",
+        "| source | kind | licence | documents | rejected | erased |",
+        "|---|---|---|---:|---:|---:|",
         *(
-            f"| {r['source']} | {r['kind']} | {r['license']} | {r['documents']:,} | {r['rejected']:,} |"
+            f"| {r['source']} | {r['kind']} | {r['license']} | {r['documents']:,} | {r['rejected']:,} "
+            f"| {r['erased'] if r['erased'] == 'all' else format(r['erased'], ',')} |"
             for r in rows
         ),
         "",
