@@ -4,7 +4,8 @@ A request names documents by source (`source`), by id (`doc_id`, the ingest ids
 `<source>:<hash>`) or by a regular expression over their text (`match`, Python `re` syntax), with a
 reason. Each is one JSON file `erasure/requests/<id>.json`, written once and never changed: the
 log of what was asked, when, why, by whom and what it matched then. A `match` request keeps its
-pattern, because every later ingest must keep applying it: the log is the suppression list.
+pattern, because every later ingest must keep applying it: the log is the suppression list, and
+the only place under the store that keeps the pattern (keys and manifests hold its hash).
 
 `Rules` is the union of all requests. Every later ingest leaves the documents they match out
 (counted, never kept, not even as rejects), and the rules are part of ingest's key (`key_part`),
@@ -16,6 +17,7 @@ documents is found through the lineage (llmflow/erasure_lineage.py) and deleted 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import re
 import time
 import uuid
@@ -143,19 +145,20 @@ class Rules:
         return bool(self.sources or self.doc_ids or self.patterns)
 
     def key_part(self) -> dict[str, list[str]]:
-        """What the rules erase, canonical (no request ids, no times): part of ingest's key."""
-        return {
-            "sources": sorted(self.sources),
-            "doc_ids": sorted(self.doc_ids),
-            "match": sorted({p.pattern for p, _ in self.patterns}),
-        }
+        """What the rules erase, canonical (no request ids, no times): part of ingest's key. Patterns
+        appear as hashes: the key is written into manifests, and a pattern can be the personal
+        data itself (a name, an address), which only the request log may keep."""
+        return {"sources": sorted(self.sources), "doc_ids": sorted(self.doc_ids), "match": self._hashes()}
+
+    def _hashes(self) -> list[str]:
+        return sorted({hashlib.sha256(p.pattern.encode()).hexdigest() for p, _ in self.patterns})
 
     def for_source(self, name: str) -> dict[str, Any] | None:
         """What applies to one source (part of its ingest part's key); None when nothing does."""
         if name in self.sources:
             return {"source": True}
         ids = sorted(i for i in self.doc_ids if source_of(i) == name)
-        match = sorted({p.pattern for p, _ in self.patterns})
+        match = self._hashes()
         return {"doc_ids": ids, "match": match} if ids or match else None
 
     def erases(self, doc_id: str | None, source: str | None, text: str | None) -> str | None:
