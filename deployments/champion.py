@@ -24,14 +24,18 @@ ModelSource = Callable[[], "tuple[str, str] | None"]
 
 
 def registry_source(name: str, store: ArtifactStore | None = None) -> ModelSource:
-    """The registry's champion as `(version, model_path)`, or None when there is none."""
+    """The registry's champion as `(version, model_path)`, or None when there is none or it is
+    marked erased (trained on data an erasure request removed: `llmflow forget`), which stops
+    serving it at the next registry check."""
     from llmflow.registry import Registry
 
     registry = Registry(store or ArtifactStore(), name)
 
     def source() -> tuple[str, str] | None:
         entry = registry.champion()
-        return None if entry is None else (str(entry["version"]), str(entry["model_path"]))
+        if entry is None or entry.get("erased"):
+            return None
+        return str(entry["version"]), str(entry["model_path"])
 
     return source
 

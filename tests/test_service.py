@@ -464,6 +464,8 @@ def test_registry_source(tmp_path, models):
     v = reg.register("ft-key-1", models["1"])
     reg.promote(v)
     assert source() == (str(v), models["1"])
+    reg.mark_erased(v, ["request-1"])  # `llmflow forget`: an erased champion is not served
+    assert source() is None
 
 
 def _free_port() -> int:
