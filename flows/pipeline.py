@@ -25,8 +25,7 @@ from tasks.gate import gate, raise_if_failed
 from tasks.ingest import ingest, ingest_extra
 from tasks.pack import pack
 from tasks.pretrain import pretrain
-from tasks.task_data import build_task_data
-from tasks.task_data import fingerprint as task_fingerprint
+from tasks.task_data import build_task_data, task_extra
 from tasks.tokenizer import train_tokenizer
 
 STEPS = ["ingest", "task_data", "prepare", "tokenizer", "pack", "pretrain", "finetune", "evaluate", "gate"]
@@ -40,7 +39,7 @@ def compose(
     run = StepRunner(home=home, force=force, until=until)
     # Source files and erasure requests change under an unchanged config: both join the key.
     docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
-    task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
+    task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))
     data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
     tok = run(train_tokenizer, config.tokenizer, data=data)
     shards = run(pack, config.pack, data=data, tokenizer=tok)

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.config import InputError, TaskDataConfig
+from llmflow.erasure import Rules
 from llmflow.step import StepContext
+from llmflow.store import ArtifactStore
 from tasks.common import step_task
 
 SPLITS = ("train", "validation", "test")
@@ -224,9 +226,24 @@ def fingerprint(cfg: TaskDataConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def task_extra(cfg: TaskDataConfig, home: str | None = None) -> dict[str, Any]:
+    """The step's `extra`: the task files' `fingerprint` and the (hashed) `match` patterns of the
+    store's erasure requests, so that edited files or a new request change the key."""
+    return {"fingerprint": fingerprint(cfg), "erased": Rules.load(ArtifactStore(home)).key_part()["match"]}
+
+
 def task_data_step(ctx: StepContext) -> dict[str, Any]:
-    """Build train/validation/test prompt -> response examples split by group."""
+    """Build train/validation/test prompt -> response examples split by group. An example that an
+    erasure request's pattern matches (llmflow/erasure.py) is counted as `erased`, written nowhere."""
     cfg: TaskDataConfig = ctx.config
+    rules = Rules.load(ctx.store)
+    keyed = ctx.extra.get("erased", []) if isinstance(ctx.extra, dict) else []
+    if keyed != rules.key_part()["match"]:
+        raise ValueError(
+            "the store's erasure requests are not those in this step's key: pass "
+            "extra=task_extra(config, home) (tasks/task_data.py) so that a request changes the key"
+        )
+    n_erased = 0
     rejects: list[dict[str, Any]] = []
     if cfg.source == BUILTIN:
         examples = pydocs_examples(cfg, rejects)
@@ -238,6 +255,9 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
     kept: list[Example] = []
     seen: set[str] = set()
     for ex in examples:
+        if rules.patterns and (rules.matches_text(ex.prompt) or rules.matches_text(ex.response)):
+            n_erased += 1
+            continue
         keys = [ex.prompt] + ([ex.key] if ex.key else [])
         if any(k in seen for k in keys):
             rejects.append(
@@ -279,6 +299,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
         "rejects_by_reason": dict(by_reason),
         "available": available,
         "groups": {s: len(groups[s]) for s in SPLITS},
+        "erased": n_erased,
     }
     sample = kept[0]
     ctx.report(

@@ -218,3 +218,24 @@ def _ingest_key(cfg: IngestConfig, store: ArtifactStore) -> str:
     """The key of the ingest artifact built before the request (the only one in the store)."""
     [m] = store.list("ingest")
     return m["key"]
+
+
+def test_task_data_leaves_out_examples_a_pattern_matches(tmp_path, store):
+    from llmflow.config import TaskDataConfig
+    from tasks.task_data import task_data_step, task_extra
+    from tests.helpers import task_rows, write_jsonl
+
+    rows = task_rows(12)
+    rows[3]["response"] = f"written by {CANARY}"
+    cfg = TaskDataConfig(source=str(write_jsonl(tmp_path / "task.jsonl", rows)))
+    first = run_step("task_data", 1, task_data_step, cfg, store=store, extra=task_extra(cfg, store.home))
+    assert first.stats["erased"] == 0
+    rules = Rules.of([_forget(store, "match", CANARY)])
+    assert ("task_data", first.key) in find_affected(store, rules).artifacts
+    with pytest.raises(ValueError, match="not those in this step's key"):
+        run_step("task_data", 1, task_data_step, cfg, store=store)
+    second = run_step("task_data", 1, task_data_step, cfg, store=store, extra=task_extra(cfg, store.home))
+    assert second.key != first.key and second.stats["erased"] == 1
+    splits = ("train", "validation", "test")
+    assert sum(second.stats[s] for s in splits) == sum(first.stats[s] for s in splits) - 1
+    assert not [p for p in Path(second.uri).rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
