@@ -145,6 +145,51 @@ def _prefect_record_remover():
     return remove
 
 
+def prefect_artifacts(rules, doc_ids: set[str], dry_run: bool) -> dict[str, Any]:
+    """Delete the Prefect server's UI artifacts (step reports and tables) that name an erased
+    document or source, or match an erasure pattern: the data report shows example rejects.
+    Asks the server at PREFECT_API_URL or, without one, the local database the temporary server
+    of `llmflow run` uses (PREFECT_HOME); neither: nothing to do."""
+
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    server = PREFECT_API_URL.value()
+    if not server:
+        db = get_current_settings().server.database.connection_url
+        local = db.get_secret_value() if db is not None else ""
+        path = local.split("sqlite+aiosqlite:///", 1)[-1] if local.startswith("sqlite") else ""
+        if not path or not os.path.exists(path):
+            return {"server": None}
+        server = f"local database {path}"
+    try:
+        hits = _matching_artifacts(rules, doc_ids, dry_run)
+    except Exception as e:  # the store is purged regardless; say what was not checked
+        return {"server": server, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {"server": server, "artifacts": len(hits)}
+
+
+def _matching_artifacts(rules, doc_ids: set[str], dry_run: bool) -> list[Any]:
+    import re
+
+    from prefect.client.orchestration import get_client
+
+    sources = re.compile("|".join(rf"\b{re.escape(s)}:[0-9a-f]{{20}}\b" for s in rules.sources) or "(?!)")
+    names = doc_ids | set(rules.doc_ids)
+    hits = []
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while batch := client.read_artifacts(limit=200, offset=offset):
+            for a in batch:
+                text = f"{a.description or ''}\n{a.data if isinstance(a.data, str) else json.dumps(a.data)}"
+                if sources.search(text) or rules.matches_text(text) or any(i in text for i in names):
+                    hits.append(a.id)
+            offset += len(batch)
+        if not dry_run:
+            for aid in hits:
+                client.delete_artifact(aid)
+    return hits
+
+
 @app.command()
 def gc(
     erased: Annotated[
@@ -164,8 +209,16 @@ def gc(
     from llmflow.store import ArtifactStore
 
     home = writable_home(home)
+    from deployments.cli import _prefect_env
+
+    _prefect_env()  # the temporary server (no PREFECT_API_URL) gets as long to start as in `llmflow run`
     store = ArtifactStore(home)
-    report = purge(store, dry_run=dry_run, on_artifact=None if dry_run else _prefect_record_remover())
+    report = purge(
+        store,
+        dry_run=dry_run,
+        on_artifact=None if dry_run else _prefect_record_remover(),
+        elsewhere=prefect_artifacts,
+    )
     if as_json:
         console.print_json(json.dumps(report, default=str))
         return
@@ -194,6 +247,15 @@ def gc(
             f"{fb.get('llmflow_feedback', 0)} feedback records ({fb['store']})",
             highlight=False,
         )
+    ui = report.get("elsewhere") or {}
+    if ui.get("error"):
+        console.print(
+            f"[yellow]The Prefect UI artifacts were not checked[/] ({ui['server']}: {ui['error']}): "
+            "re-run with PREFECT_API_URL set to a running server",
+            highlight=False,
+        )
+    elif ui.get("server"):
+        console.print(f"  Prefect UI artifacts: {ui['artifacts']} ({ui['server']})", highlight=False)
     for name, versions in report["versions"].items():
         for v in versions:
             lost = f", removed from {', '.join(v['aliases_removed'])}" if v["aliases_removed"] else ""

@@ -69,11 +69,13 @@ def purge(
     dry_run: bool = False,
     feedback_url: str | None = None,
     on_artifact=None,
+    elsewhere=None,
 ) -> dict[str, Any]:
     """Delete what the erasure requests reach; returns the report (what was, or would be, removed).
 
     `on_artifact(step, key)` is called for each deleted artifact (the command line removes
-    Prefect's cache record of it there).
+    Prefect's cache record of it there); `elsewhere(rules, doc_ids, dry_run)` deletes copies
+    outside the store (the command line: the Prefect server's UI artifacts) and returns its report.
     """
     requests = load_requests(store)
     rules = Rules.of(requests)
@@ -91,6 +93,8 @@ def purge(
     if not requests:
         return report
     aff = find_affected(store, rules)
+    if elsewhere is not None:  # before the artifacts go: the documents' ids are read from them
+        report["elsewhere"] = elsewhere(rules, {i for ids in aff.documents.values() for i in ids}, dry_run)
     kept = kept_for(store, aff)
     report["kept"] = {f"{s}/{k}": v for (s, k), v in sorted(kept.items())}
     for step, key in sorted(aff.artifacts - set(kept)):

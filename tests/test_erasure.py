@@ -239,3 +239,35 @@ def test_task_data_leaves_out_examples_a_pattern_matches(tmp_path, store):
     splits = ("train", "validation", "test")
     assert sum(second.stats[s] for s in splits) == sum(first.stats[s] for s in splits) - 1
     assert not [p for p in Path(second.uri).rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_gc_deletes_the_prefect_ui_artifacts_that_name_erased_documents():
+    from prefect import flow
+    from prefect.artifacts import create_table_artifact
+    from prefect.client.orchestration import get_client
+
+    from deployments.cli_erasure import prefect_artifacts
+
+    @flow
+    def reports() -> tuple:
+        rows = [{"reason": "filter:gopher_min_words", "id": "gone:0123456789abcdef0123", "text": "a note"}]
+        named = create_table_artifact(
+            rows, key="erasure-test-rejects", description="prepare: reject-examples"
+        )
+        other = create_table_artifact(
+            [{"id": "kept:0123456789abcdef0123", "text": "x"}], key="erasure-test-kept"
+        )
+        return named, other
+
+    named, other = reports()
+    rules = Rules(sources={"gone": "r1"})
+    assert prefect_artifacts(rules, set(), dry_run=True)["artifacts"] >= 1
+    report = prefect_artifacts(rules, set(), dry_run=False)
+    assert report["artifacts"] >= 1 and report["server"]
+    left, offset = set(), 0
+    with get_client(sync_client=True) as client:
+        while batch := client.read_artifacts(limit=200, offset=offset):
+            left |= {a.id for a in batch}
+            offset += len(batch)
+    assert named not in left and other in left
