@@ -99,7 +99,8 @@ def _record(kind: str, values: list[str], reason: str, home: str) -> None:
     rules = Rules.of([req])
     aff = find_affected(store, rules)
     summary = aff.summary()
-    feedback = purge_feedback(store, rules, {}, None, dry_run=True) if rules.patterns else {}
+    feedback = purge_feedback(store, rules, set(), None, dry_run=True) if rules.patterns else {}
+    feedback.pop("feedback_ids", None)
     n_feedback = sum(v for k, v in feedback.items() if k != "store")
     what = {"source": f"source {values[0]!r}", "doc_id": "the documents", "match": f"pattern {values[0]!r}"}
     if kind == "doc_id":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -107,19 +108,54 @@ def _scan_parquet(path, rules: Rules, documents: dict[str, set[str]]) -> set[str
     return found
 
 
-def _scan_text(path, rules: Rules) -> set[str]:
+FEEDBACK_ID = re.compile(r"^feedback-\d+")  # ids of exported feedback rows (llmflow/feedback.py)
+
+
+def _scan_text(path, rules: Rules, served: Served | None) -> set[str]:
+    found = set()
     with open(path, encoding="utf-8", errors="replace") as f:
-        return {rid for line in f if (rid := rules.matches_text(line)) is not None}
+        for line in f:
+            rid = rules.matches_text(line)
+            if rid is not None:
+                found.add(rid)
+            elif served and path.suffix == ".jsonl" and served.holds(line):
+                found.add("feedback")
+    return found
 
 
-def find_affected(store: ArtifactStore, rules: Rules) -> Affected:
-    """The artifacts that hold or were built from what `rules` erase, and the versions trained on them.
+@dataclass
+class Served:
+    """Feedback that goes with erased versions: the versions that served it, and the ids of its
+    rows (exports and the task data merged from them carry `feedback-<id>`)."""
+
+    versions: set[str] = field(default_factory=set)
+    feedback_ids: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.versions or self.feedback_ids)
+
+    def holds(self, line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        if not isinstance(row, dict):
+            return False
+        if str(row.get("model_version")) in self.versions:
+            return True
+        m = FEEDBACK_ID.match(str(row.get("id", "")))
+        return m is not None and int(m.group()[len("feedback-") :]) in self.feedback_ids
+
+
+def find_affected(store: ArtifactStore, rules: Rules, served: Served | None = None) -> Affected:
+    """The artifacts that hold or were built from what `rules` erase (and, with `served`, the
+    feedback of erased versions), and the versions trained on them.
 
     Artifacts are visited oldest first, so an artifact built from a tainted one is tainted before
     its turn comes and needs no scan of its own.
     """
     aff = Affected()
-    if not rules:
+    if not rules and not served:
         return aff
     manifests = all_manifests(store)
     children: dict[str, list[Artifact]] = defaultdict(list)  # parent key -> children
@@ -141,9 +177,9 @@ def find_affected(store: ArtifactStore, rules: Rules) -> Affected:
         found: set[str] = set()
         for path in _files(store, art, manifests[art], (".parquet",)):
             found |= _scan_parquet(path, rules, aff.documents)
-        if rules.patterns:
+        if rules.patterns or served:
             for path in _files(store, art, manifests[art], TEXT_SUFFIXES):
-                found |= _scan_text(path, rules)
+                found |= _scan_text(path, rules, served)
         if found:
             aff.roots[art] = found
             taint(art)

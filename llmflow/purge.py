@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.erasure import Rules, load_requests
-from llmflow.erasure_lineage import Affected, find_affected, needed_keys, registry_names, write_banner
+from llmflow.erasure_lineage import (
+    Affected,
+    Served,
+    find_affected,
+    needed_keys,
+    registry_names,
+    write_banner,
+)
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore, remove_stale_staging
 
@@ -92,7 +99,12 @@ def purge(
     }
     if not requests:
         return report
-    aff = find_affected(store, rules)
+    # Feedback served by an erased version, and what was built from it (exports, merged task data)
+    marked = {
+        str(e["version"]) for n in registry_names(store) for e in Registry(store, n).list() if e.get("erased")
+    }
+    feedback = purge_feedback(store, rules, marked, feedback_url, dry_run=True)
+    aff = find_affected(store, rules, Served(marked, set(feedback.pop("feedback_ids", []))))
     if elsewhere is not None:  # before the artifacts go: the documents' ids are read from them
         report["elsewhere"] = elsewhere(rules, {i for ids in aff.documents.values() for i in ids}, dry_run)
     kept = kept_for(store, aff)
@@ -114,9 +126,9 @@ def purge(
     if store.is_local:
         report["work"] += _orphan_work(store, aff, max(r.created for r in requests), dry_run)
         report["staging"] = _staging(store, dry_run)
-    erased = _retire(store, dry_run)
-    report["versions"] = erased
-    report["feedback"] = purge_feedback(store, rules, erased, feedback_url, dry_run)
+    report["versions"] = _retire(store, dry_run)
+    report["feedback"] = feedback if dry_run else purge_feedback(store, rules, marked, feedback_url, False)
+    report["feedback"].pop("feedback_ids", None)
     if not dry_run:
         rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         store.write_json({"id": rid, "time": time.time(), **report}, *PURGES, f"{rid}.json")
@@ -168,13 +180,10 @@ def _retire(store: ArtifactStore, dry_run: bool) -> dict[str, list[dict[str, Any
 
 
 def purge_feedback(
-    store: ArtifactStore,
-    rules: Rules,
-    erased: dict[str, list[dict[str, Any]]],
-    url: str | None,
-    dry_run: bool,
+    store: ArtifactStore, rules: Rules, versions: set[str], url: str | None, dry_run: bool
 ) -> dict[str, Any]:
-    """Delete the generations and feedback served by an erased version or matching a pattern."""
+    """Delete the generations and feedback served by one of `versions` or matching a pattern;
+    returns the counts per table and the deleted `feedback_ids`."""
     from llmflow.feedback import FeedbackStore
 
     url = url or os.environ.get("LLMFLOW_FEEDBACK_URL") or None
@@ -182,7 +191,6 @@ def purge_feedback(
         return {"store": None}
     fb = FeedbackStore(url, home=store.home)
     try:
-        versions = {str(v["version"]) for vs in erased.values() for v in vs}
         out: dict[str, Any] = {"store": fb.display_url}
         with fb.engine.begin() as c:
             if c.dialect.name == "sqlite":
@@ -198,6 +206,8 @@ def purge_feedback(
                     if row[1] in versions or any(rules.matches_text(v) for v in row[2:])
                 ]
                 out[table.name] = len(ids)
+                if table is fb.feedback:
+                    out["feedback_ids"] = ids
                 if ids and not dry_run:
                     for i in range(0, len(ids), 500):
                         c.execute(table.delete().where(table.c.id.in_(ids[i : i + 500])))

@@ -148,7 +148,7 @@ def test_feedback_of_erased_versions_or_matching_a_pattern_leaves_no_bytes(tmp_p
     fb.add_feedback(model_version="3", prompt="Fine?", response="Fine.", rating=1)
     fb.close()
     rules = Rules.of([new_request("match", [CANARY])])
-    erased = {"m": [{"version": 1}]}
+    erased = {"1"}  # the versions marked erased
     dry = purge_feedback(store, rules, erased, None, dry_run=True)
     assert dry["llmflow_generations"] == 1 and dry["llmflow_feedback"] == 1
     purge_feedback(store, rules, erased, None, dry_run=False)
@@ -271,3 +271,29 @@ def test_gc_deletes_the_prefect_ui_artifacts_that_name_erased_documents():
             left |= {a.id for a in batch}
             offset += len(batch)
     assert named not in left and other in left
+
+
+def test_feedback_exports_of_an_erased_version_go_with_its_feedback(tmp_path):
+    from llmflow.feedback import FeedbackStore
+
+    store = ArtifactStore(tmp_path / "home")
+    fb = FeedbackStore(home=store.home)
+    fb.add_feedback(
+        model_version="1", prompt="Who?", response="Nobody.", correction="The author of the note."
+    )
+    fb.add_feedback(model_version="2", prompt="What?", response="A thing.", correction="A small thing.")
+    erased_export = fb.export(store, retrain_id=None)
+    fb.close()
+    reg = Registry(store, "m")
+    for v in (1, 2):
+        reg.register(f"ft{v}", f"/m{v}")
+    _forget(store, "source", "private")
+    reg.mark_erased(1, ["r"])
+    report = purge(store)
+    assert f"feedback/{erased_export['key']}" in [a["artifact"] for a in report["artifacts"]]
+    assert not store.exists("feedback", erased_export["key"])
+    assert report["feedback"]["llmflow_feedback"] == 1
+    fb = FeedbackStore(home=store.home)
+    sft, _ = fb.examples()
+    assert [r["model_version"] for r in sft] == ["2"]
+    fb.close()
