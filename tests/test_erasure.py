@@ -186,6 +186,7 @@ def test_a_malformed_pattern_is_one_line_exit_2(tmp_path):
 
 def test_forget_and_gc_bad_input_says_what_to_change_and_changes_nothing(tmp_path, store, monkeypatch):
     monkeypatch.setenv("LLMFLOW_HOME", store.home)  # the command sets it; restored after the test
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # no Prefect database for gc to clean
     cfg = IngestConfig(sources=_sources(tmp_path))
     _ingest(cfg, store)
     home = store.home
