@@ -1,4 +1,4 @@
-"""`llmflow models` (the registry: list, show, promote, roll back) and `llmflow generate`
+"""`llmflow models` (the registry: list, show, promote, roll back, export) and `llmflow generate`
 (sample from a registered version or any model directory)."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from rich.table import Table
 
 from deployments.cli_app import HomeOpt, app, console, fail, use_home
 
-models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, roll back, export.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 
@@ -88,6 +90,46 @@ def models_rollback(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
     except (KeyError, ValueError) as e:
         fail(str(e), code=1)
     console.print(f"Rolled back: {entry['version'] if isinstance(entry, dict) else entry} is the champion.")
+
+
+@models_app.command("export")
+def models_export(
+    version: Annotated[str, typer.Argument(help="Version or alias.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A new (or empty) folder to write.")],
+    push: Annotated[
+        str | None,
+        typer.Option("--push", metavar="REPO", help="Then upload it to this Hub repository (OWNER/NAME)."),
+    ] = None,
+    public: Annotated[bool, typer.Option("--public", help="Create the Hub repository public.")] = False,
+    home: HomeOpt = None,
+    name: NameOpt = "llmflow",
+) -> None:
+    """Write a version as a folder ready for `huggingface-cli upload`: safetensors weights, tokenizer
+    and chat template, model card with the evaluation results, and the adapter when there is one."""
+    from llmflow.config import InputError
+    from llmflow.export import check_repo_id, export_version, hub_token
+    from llmflow.export import push as push_folder
+    from llmflow.registry import RegistryError
+
+    try:
+        token = None
+        if push is not None:  # before any work: a bad repository or no token is one line
+            check_repo_id(push)
+            token = hub_token()
+        entry = _registry(home, name).get(version)
+        folder = export_version(_registry(home, name), entry["version"], out_dir)
+    except RegistryError as e:
+        fail(str(e), code=1)
+    except InputError as e:
+        fail(str(e))
+    console.print(f"Exported {name} v{entry['version']} to {folder}", highlight=False, soft_wrap=True)
+    if push is None:
+        return
+    try:
+        url = push_folder(folder, push, token, entry["version"], private=not public)
+    except Exception as e:  # the Hub's errors (auth, network, offline mode) are the user's to act on
+        fail(f"push to {push} failed: {str(e).splitlines()[0]}", code=1)
+    console.print(f"Pushed to {url}", highlight=False, soft_wrap=True)
 
 
 @app.command()
