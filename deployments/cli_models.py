@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from deployments.cli_app import HomeOpt, app, console, fail, use_home
+from deployments.cli_app import HomeOpt, app, console, err_console, fail, use_home
 
 models_app = typer.Typer(
     help="The model registry: list, show, promote, roll back, export.", no_args_is_help=True
@@ -75,21 +76,51 @@ def models_promote(
     name: NameOpt = "llmflow",
 ) -> None:
     """Make a version the champion."""
+    reg = _registry(home, name)
     try:
-        _registry(home, name).promote(version)
+        reg.promote(version)
     except (KeyError, ValueError) as e:
         fail(str(e), code=1)
     console.print(f"{version} is now the champion of '{name}'.")
+    _mirror(reg)
 
 
 @models_app.command("rollback")
 def models_rollback(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
     """Restore the previous champion."""
+    reg = _registry(home, name)
     try:
-        entry = _registry(home, name).rollback()
+        entry = reg.rollback()
     except (KeyError, ValueError) as e:
         fail(str(e), code=1)
     console.print(f"Rolled back: {entry['version'] if isinstance(entry, dict) else entry} is the champion.")
+    _mirror(reg)
+
+
+def _mirror(reg) -> None:
+    """Move the MLflow aliases too when MLFLOW_TRACKING_URI is set (llmflow/mlflow_registry.py). The
+    registry has changed either way: a tracking failure is a warning, not the command's failure."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    from llmflow.mlflow_registry import mirror_from_env
+
+    try:
+        numbers = mirror_from_env(reg)
+    except Exception as e:  # an MLflow server that is down must not undo or fail the promotion
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        err_console.print(
+            f"[yellow]warning:[/] MLflow not updated ({type(e).__name__}: {first[:300]})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    champion = next((e["version"] for e in reg.list() if "champion" in e["aliases"]), None)
+    if champion is not None and numbers:
+        console.print(
+            f"MLflow: '{reg.name}' alias champion -> version {numbers[str(champion)]}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @models_app.command("export")
