@@ -105,8 +105,10 @@ def client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Offline by default, as for Prefect (deployments/cli_app.py): no usage telemetry.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise ImportError("MLflow tracking needs the MLflow client: pip install 'llmflow[mlflow]'") from None
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -58,6 +58,18 @@ def test_a_tracking_uri_that_is_not_one_is_a_config_error():
     assert load_config("smoke", ["tracking.mlflow_uri="]).tracking.mlflow_uri is None
 
 
+def test_without_the_mlflow_client_a_tracked_run_warns_how_to_install_it(tmp_path, monkeypatch, caplog):
+    from llmflow.mlflow_tracking import track
+    from llmflow.store import StepRef
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    cfg = load_config("smoke", [f"tracking.mlflow_uri=file:{tmp_path}/mlruns"])
+    with track(cfg, str(tmp_path), "gate") as tracker:
+        tracker.step(StepRef(step="gate", key="k", uri="u"))
+    [warning] = [r.getMessage() for r in caplog.records if "MLflow tracking at" in r.getMessage()]
+    assert "pip install 'llmflow[mlflow]'" in warning and "the run goes on without it" in warning
+
+
 # --------------------------------------------------------------------------- against a server
 
 
