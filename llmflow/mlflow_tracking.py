@@ -215,8 +215,15 @@ class MlflowTracker:
             },
         )
         run_id = run.info.run_id
-        metrics = step_metrics(manifest.get("stats") or ref.stats, manifest.get("timings") or {})
         curve = read_curve(folder / "loss.csv")
+        in_curve = {name for _, name, _ in curve}  # a final value already on the curve stays off step 0
+        metrics = {
+            k: v
+            for k, v in step_metrics(
+                manifest.get("stats") or ref.stats, manifest.get("timings") or {}
+            ).items()
+            if k not in in_curve
+        }
         self._log(run_id, params=flatten(manifest.get("config") or {}), metrics=metrics, curve=curve, at=end)
         for path in sorted(folder.iterdir()):
             if (
