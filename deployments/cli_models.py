@@ -1,9 +1,10 @@
-"""`llmflow models` (the registry: list, show, promote, roll back) and `llmflow generate`
+"""`llmflow models` (the registry: list, show, promote, roll back, export) and `llmflow generate`
 (sample from a registered version or any model directory)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,9 +12,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from deployments.cli_app import HomeOpt, app, console, fail, use_home
+from deployments.cli_app import HomeOpt, app, console, err_console, fail, use_home
 
-models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, roll back, export.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 
@@ -84,21 +87,91 @@ def models_promote(
     name: NameOpt = "llmflow",
 ) -> None:
     """Make a version the champion."""
+    reg = _registry(home, name)
     try:
-        _registry(home, name).promote(version)
+        reg.promote(version)
     except (KeyError, ValueError) as e:
         fail(str(e), code=1)
     console.print(f"{version} is now the champion of '{name}'.")
+    _mirror(reg)
 
 
 @models_app.command("rollback")
 def models_rollback(home: HomeOpt = None, name: NameOpt = "llmflow") -> None:
     """Restore the previous champion."""
+    reg = _registry(home, name)
     try:
-        entry = _registry(home, name).rollback()
+        entry = reg.rollback()
     except (KeyError, ValueError) as e:
         fail(str(e), code=1)
     console.print(f"Rolled back: {entry['version'] if isinstance(entry, dict) else entry} is the champion.")
+    _mirror(reg)
+
+
+def _mirror(reg) -> None:
+    """Move the MLflow aliases too when MLFLOW_TRACKING_URI is set (llmflow/mlflow_registry.py). The
+    registry has changed either way: a tracking failure is a warning, not the command's failure."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    from llmflow.mlflow_registry import mirror_from_env
+
+    try:
+        numbers = mirror_from_env(reg)
+    except Exception as e:  # an MLflow server that is down must not undo or fail the promotion
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        err_console.print(
+            f"[yellow]warning:[/] MLflow not updated ({type(e).__name__}: {first[:300]})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    champion = next((e["version"] for e in reg.list() if "champion" in e["aliases"]), None)
+    if champion is not None and numbers:
+        console.print(
+            f"MLflow: '{reg.name}' alias champion -> version {numbers[str(champion)]}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@models_app.command("export")
+def models_export(
+    version: Annotated[str, typer.Argument(help="Version or alias.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A new (or empty) folder to write.")],
+    push: Annotated[
+        str | None,
+        typer.Option("--push", metavar="REPO", help="Then upload it to this Hub repository (OWNER/NAME)."),
+    ] = None,
+    public: Annotated[bool, typer.Option("--public", help="Create the Hub repository public.")] = False,
+    home: HomeOpt = None,
+    name: NameOpt = "llmflow",
+) -> None:
+    """Write a version as a folder ready for `huggingface-cli upload`: safetensors weights, tokenizer
+    and chat template, model card with the evaluation results, and the adapter when there is one."""
+    from llmflow.config import InputError
+    from llmflow.export import check_repo_id, export_version, hub_token
+    from llmflow.export import push as push_folder
+    from llmflow.registry import RegistryError
+
+    try:
+        token = None
+        if push is not None:  # before any work: a bad repository or no token is one line
+            check_repo_id(push)
+            token = hub_token()
+        entry = _registry(home, name).get(version)
+        folder = export_version(_registry(home, name), entry["version"], out_dir)
+    except RegistryError as e:
+        fail(str(e), code=1)
+    except InputError as e:
+        fail(str(e))
+    console.print(f"Exported {name} v{entry['version']} to {folder}", highlight=False, soft_wrap=True)
+    if push is None:
+        return
+    try:
+        url = push_folder(folder, push, token, entry["version"], private=not public)
+    except Exception as e:  # the Hub's errors (auth, network, offline mode) are the user's to act on
+        fail(f"push to {push} failed: {str(e).splitlines()[0]}", code=1)
+    console.print(f"Pushed to {url}", highlight=False, soft_wrap=True)
 
 
 @app.command()

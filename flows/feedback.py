@@ -22,10 +22,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import compose
+from flows.pipeline import compose, tracking_context
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
 from llmflow.feedback import FeedbackStore
+from llmflow.mlflow_tracking import track
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore, StepRef
 from tasks.evaluate import evaluate
@@ -46,45 +47,46 @@ def finetune_on_feedback(
     """Compose the steps (inside a flow). `force` recomputes from the feedback data on; the data
     and the base model upstream are the pipeline's cached artifacts."""
     tuning = tuning or FeedbackTuning()
-    upstream = {k: StepRef(**v) for k, v in compose(config, "pretrain", False, home).items()}
-    run = StepRunner(home=home, force=force)
-    base, shards, task = upstream["pretrain"], upstream["pack"], upstream["task_data"]
-    if sft_path or preferences_path:
-        task = run(
-            feedback_data,
-            {
-                "sft_path": sft_path,
-                "preferences_path": preferences_path,
-                "repeat": tuning.repeat,
-                "decontaminate": config.prepare.decontaminate.model_dump(mode="json"),
-            },
-            extra=feedback_fingerprint(sft_path, preferences_path),
-            task=upstream["task_data"],
-        )
-        if task.stats.get("rejected"):
-            get_run_logger().warning(
-                "feedback: %s items rejected %s (see rejects.jsonl of feedback_data %s)",
-                task.stats["rejected"],
-                task.stats["rejects_by_reason"],
-                task.key[:12],
+    with track(config, home, "feedback", **tracking_context()) as tracker:  # one MLflow run, when configured
+        upstream = {k: StepRef(**v) for k, v in compose(config, "pretrain", False, home).items()}
+        run = StepRunner(home=home, force=force, tracker=tracker)
+        base, shards, task = upstream["pretrain"], upstream["pack"], upstream["task_data"]
+        if sft_path or preferences_path:
+            task = run(
+                feedback_data,
+                {
+                    "sft_path": sft_path,
+                    "preferences_path": preferences_path,
+                    "repeat": tuning.repeat,
+                    "decontaminate": config.prepare.decontaminate.model_dump(mode="json"),
+                },
+                extra=feedback_fingerprint(sft_path, preferences_path),
+                task=upstream["task_data"],
             )
-    tuned = run(finetune, config.finetune, base=base, task=task)
-    pairs = task.stats.get("preference_pairs", 0) if task.step == "feedback_data" else 0
-    if tuning.dpo and pairs >= tuning.min_pairs:
-        if config.finetune.method == "prompt":
-            get_run_logger().warning("DPO needs a LoRA or full fine-tune, not prompt tuning: skipped")
-        else:
-            tuned = run(feedback_dpo, config.finetune, model=tuned, task=task)
-    report = run(evaluate, config.evaluate, model=tuned, base=base, shards=shards, task=task)
-    champion = Registry(ArtifactStore(home), config.name).champion()
-    run(
-        gate,
-        config.gate,
-        eval=report,
-        model=tuned,
-        extra={"name": config.name, "champion": champion["version"] if champion else None},
-    )
-    return {**{k: v.model_dump(mode="json") for k, v in upstream.items()}, **run.summary()}
+            if task.stats.get("rejected"):
+                get_run_logger().warning(
+                    "feedback: %s items rejected %s (see rejects.jsonl of feedback_data %s)",
+                    task.stats["rejected"],
+                    task.stats["rejects_by_reason"],
+                    task.key[:12],
+                )
+        tuned = run(finetune, config.finetune, base=base, task=task)
+        pairs = task.stats.get("preference_pairs", 0) if task.step == "feedback_data" else 0
+        if tuning.dpo and pairs >= tuning.min_pairs:
+            if config.finetune.method == "prompt":
+                get_run_logger().warning("DPO needs a LoRA or full fine-tune, not prompt tuning: skipped")
+            else:
+                tuned = run(feedback_dpo, config.finetune, model=tuned, task=task)
+        report = run(evaluate, config.evaluate, model=tuned, base=base, shards=shards, task=task)
+        champion = Registry(ArtifactStore(home), config.name).champion()
+        run(
+            gate,
+            config.gate,
+            eval=report,
+            model=tuned,
+            extra={"name": config.name, "champion": champion["version"] if champion else None},
+        )
+        return {**{k: v.model_dump(mode="json") for k, v in upstream.items()}, **run.summary()}
 
 
 @flow(

@@ -5,7 +5,8 @@ sources -> ingest -> prepare -> tokenizer -> pack -> pretrain -> finetune -> eva
 Each step is a cached Prefect task (tasks/); this module only wires their inputs. A failed gate
 raises `GateFailed` after every artifact is written, so the flow run ends Failed. `compose`
 stops after the step named by `until`, which is how the per-step flows (data, pretrain, ...)
-reuse the same wiring: the steps upstream of the target are cache hits when unchanged.
+reuse the same wiring: the steps upstream of the target are cache hits when unchanged. With
+MLflow tracking configured, the run is an MLflow run with a nested run per step that ran.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prefect import flow
 from flows.prepare import prepare_sharded
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
+from llmflow.mlflow_tracking import track
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore, StepRef
 from tasks.evaluate import evaluate
@@ -36,33 +38,45 @@ def compose(
 ) -> dict[str, Any]:
     if until not in STEPS:
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
-    run = StepRunner(home=home, force=force, until=until)
-    # Source files and erasure requests change under an unchanged config: both join the key.
-    docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
-    task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))
-    data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
-    tok = run(train_tokenizer, config.tokenizer, data=data)
-    shards = run(pack, config.pack, data=data, tokenizer=tok)
-    base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
-    tuned = run(finetune, config.finetune, base=base, task=task)
-    report = run(
-        evaluate,
-        config.evaluate,
-        model=tuned,
-        base=base,
-        shards=shards,
-        task=task,
-        extra={"name": config.name},
-    )
-    decision = run(
-        gate,
-        config.gate,
-        eval=report,
-        model=tuned,
-        extra={"name": config.name, "champion": _challenged_champion(config.name, tuned, home)},
-    )
-    raise_if_failed(decision, run.summary())  # a failed gate fails the run, artifacts kept
-    return run.summary()
+    with track(config, home, until, **tracking_context()) as tracker:  # MLflow, when configured
+        run = StepRunner(home=home, force=force, until=until, tracker=tracker)
+        # Source files and erasure requests change under an unchanged config: both join the key.
+        docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
+        task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))
+        data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
+        tok = run(train_tokenizer, config.tokenizer, data=data)
+        shards = run(pack, config.pack, data=data, tokenizer=tok)
+        base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
+        tuned = run(finetune, config.finetune, base=base, task=task)
+        report = run(
+            evaluate,
+            config.evaluate,
+            model=tuned,
+            base=base,
+            shards=shards,
+            task=task,
+            extra={"name": config.name},
+        )
+        decision = run(
+            gate,
+            config.gate,
+            eval=report,
+            model=tuned,
+            extra={"name": config.name, "champion": _challenged_champion(config.name, tuned, home)},
+        )
+        raise_if_failed(decision, run.summary())  # a failed gate fails the run, artifacts kept
+        return run.summary()
+
+
+def tracking_context() -> dict[str, Any]:
+    """The run's logger and Prefect flow run, for MLflow (a warning lands in the run's logs)."""
+    from prefect.context import FlowRunContext
+    from prefect.logging import get_run_logger
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return {}
+    return {"logger": get_run_logger(), "tags": {"prefect.flow_run_id": str(ctx.flow_run.id)}}
 
 
 def _challenged_champion(name: str, tuned: StepRef | None, home: str | None) -> str | None:

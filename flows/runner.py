@@ -14,13 +14,17 @@ class StepRunner:
     """`run(task, config, **inputs)` -> StepRef, or None once past `until`.
 
     A step whose inputs are None (upstream was skipped) is skipped too, so a flow body can be
-    written as the full diagram and still stop early.
+    written as the full diagram and still stop early. Each step's ref goes to `tracker.step`
+    (llmflow/mlflow_tracking.py) once it is done.
     """
 
-    def __init__(self, home: str | None = None, force: bool = False, until: str | None = None):
+    def __init__(
+        self, home: str | None = None, force: bool = False, until: str | None = None, tracker: Any = None
+    ):
         self.home = home
         self.force = force
         self.until = until
+        self.tracker = tracker
         self.done = False
         self.refs: dict[str, StepRef] = {}
         self.mapped: dict[str, list[StepRef]] = {}
@@ -37,6 +41,8 @@ class StepRunner:
         status = "cached" if (state.name == "Cached" or ref.status == "cached") else "ran"
         ref = ref.model_copy(update={"status": status, "seconds": round(time.time() - t0, 2)})
         self.refs[name] = ref
+        if self.tracker is not None:
+            self.tracker.step(ref)
         if name == self.until:
             self.done = True
         return ref

@@ -306,3 +306,51 @@ def wait_model_loaded(url: str, proc: subprocess.Popen, why, timeout: float = 90
             pass
         assert time.monotonic() < deadline, f"the service did not come up within {timeout:.0f} s"
         time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, timeout: float = 240.0) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and served artifacts under `workdir`;
+    yields its URL once /health answers, then stops its process group (SIGTERM, then SIGKILL) and
+    fails if a process of it is left. Its job runner (GenAI scorers, 8 processes) stays off."""
+    import urllib.request
+
+    port = free_port()
+    log = workdir / "mlflow-server.log"
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination", str(workdir / "mlflow-artifacts"),
+    ]  # fmt: skip
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=child_env(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, "mlflow server to answer /health", 1.0, proc, log)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+        def group() -> list[int]:
+            return [pid for pid, p in process_table().items() if p["pgrp"] == proc.pid and p["state"] != "Z"]
+
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: proc.poll() is not None and not group(), 30, "mlflow server to stop", 0.5)
+        left = group()
+        if left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert not left, f"mlflow server processes outlived SIGTERM: {left}\n{tail(log)}"

@@ -44,6 +44,7 @@ from llmflow.config.data import (
 )
 from llmflow.config.evaluation import ChangeThreshold, EvaluateConfig, GateConfig, NonInferiority, Threshold
 from llmflow.config.serving import ServeConfig
+from llmflow.config.tracking import TrackingConfig
 from llmflow.config.training import DPOConfig, FinetuneConfig, PretrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -54,8 +55,8 @@ __all__ = [
     "FinetuneConfig", "GateConfig", "IngestConfig", "InputError", "LangIdConfig", "MinHashConfig",
     "NonInferiority", "NormalizeConfig", "PackConfig", "PiiConfig", "PipelineConfig", "PrepareConfig",
     "PretrainConfig", "QualityConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
-    "Threshold", "TokenizerConfig", "ToxicityConfig", "apply_overrides", "canonical_json", "load_config",
-    "parse_override", "resolve_preset",
+    "Threshold", "TokenizerConfig", "ToxicityConfig", "TrackingConfig", "apply_overrides", "canonical_json",
+    "load_config", "parse_override", "resolve_preset",
 ]  # fmt: skip
 
 
@@ -73,6 +74,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # --------------------------------------------------------------------------- loading
