@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=600)  # a loaded machine starts it slowly:
+    with prefect_test_harness(server_startup_timeout=600):  # a loaded machine starts it slowly
         yield
 
 
