@@ -42,7 +42,7 @@ def compose(
     # Source files can change under an unchanged config: their fingerprint joins the key.
     docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
     task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
-    data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
+    data = prepare_sharded(run, config.prepare, docs, task, config.name)  # shards mapped in parallel
     tok = run(train_tokenizer, config.tokenizer, data=data)
     shards = run(pack, config.pack, data=data, tokenizer=tok)
     base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
