@@ -81,12 +81,13 @@ def shard_config(cfg: PrepareConfig) -> PrepareConfig:
             "examples_per_reason": default.examples_per_reason,
             "dedup": cfg.dedup.model_copy(
                 update={
+                    "incremental": default.dedup.incremental,
                     "minhash": default.dedup.minhash.model_copy(
                         update={
                             k: getattr(mh, k)
                             for k in ("enabled", "num_perm", "shingle_words", "verify_jaccard", "seed")
                         }
-                    )
+                    ),
                 }
             ),
         }

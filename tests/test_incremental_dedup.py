@@ -147,3 +147,11 @@ def test_data_flow_chains_incremental_runs_and_reuses_an_unchanged_one(tmp_path)
 
     three = data_flow(config=cfg(news, web), home=home)
     assert three["prepare"]["key"] == two["prepare"]["key"] and three["prepare"]["status"] == "cached"
+
+
+def test_turning_incremental_on_reuses_every_shard():
+    from llmflow.config import PrepareConfig
+    from tasks.prepare import shard_config
+
+    on = PrepareConfig.model_validate({"dedup": {"incremental": True}})
+    assert shard_config(on) == shard_config(PrepareConfig())  # only the global dedup re-runs
