@@ -176,11 +176,9 @@ class Deduper:
     ) -> Match | None:
         """`ref`: where `shingles_of` finds this document's shingles if it is kept (-1: nowhere).
         Afterwards `last` is the ordinal of the cluster the document founded, joined or is kept in."""
-        if self.loaded and (i := self._previous(doc_id)) >= 0:  # kept by an earlier run: keep it
+        if self.loaded and (i := self.seen(doc_id, ref, shingle_set)) >= 0:  # kept by an earlier run
             self.seen_again += 1
             self.last = i
-            if ref >= 0 and self._refs.a[i] < 0 and self.verify and self._has_sig.a[i]:
-                self._refs.a[i] = ref  # its shingles are in this run's files: verify by true Jaccard
             return None
         bkeys = band_keys(sig, self.bands, self.rows) if self.near and sig is not None else None
         m = self._match(ehash, sig, shingle_set, bkeys)
@@ -211,6 +209,22 @@ class Deduper:
                 if sim >= self.threshold and (best is None or sim > best.similarity):
                     best = Match(self.id(cand), "near", sim, cand)
         return best
+
+    def seen(self, doc_id: str, ref: int = -1, shingle_set: np.ndarray | None = None) -> int:
+        """The ordinal of `doc_id` if an earlier run kept it (else -1); its shingles (`ref` into
+        `shingles_of`, or `shingle_set`) then verify its near duplicates by true Jaccard, which
+        the loaded index alone cannot (it holds no shingles)."""
+        i = self._previous(doc_id) if self.loaded else -1
+        if i >= 0 and self._refs.a[i] < 0 and self.verify and self._has_sig.a[i]:
+            if (
+                ref < 0
+                and shingle_set is not None
+                and self.shingles_of is None
+                and len(self._buffer) < self.cache_docs
+            ):
+                ref = self._buffer.add(shingle_set)
+            self._refs.a[i] = ref
+        return i
 
     def _previous(self, doc_id: str) -> int:
         """The ordinal of `doc_id` among the loaded kept documents, or -1."""

@@ -91,6 +91,10 @@ def dedup_shards(
     dups: dict[str, tuple[str, str, float]] = {}
     store = ShardShingles(kept_paths) if deduper.verify else None
     deduper.shingles_of = store
+    if deduper.loaded and store is not None:  # documents an earlier run kept, seen again: their
+        for shard, path in enumerate(kept_paths):  # shingles verify duplicates of them from the start
+            for i, doc_id in enumerate(pq.read_table(path, columns=["id"]).column("id").to_pylist()):
+                deduper.seen(doc_id, shard << 32 | i)
     for shard, path in enumerate(kept_paths):
         cols = ["id", "_exact", "_sig"] + (["_shingles"] if store is not None else [])
         t = pq.read_table(path, columns=cols)

@@ -62,6 +62,7 @@ def test_a_refresh_drops_new_duplicates_of_earlier_runs_and_keeps_new_documents(
     d = second.stats["dedup"]
     assert d["previous_index_docs"] == 12 and d["previous_seen_again"] == 12
     assert d["duplicates_of_previous"] == 4 and d["index_docs"] == 14
+    assert second.stats["minhash"]["verified_by_estimate"] == 0  # run 1's documents, read again, verify
     assert second.stats["input"] == second.stats["kept"] + second.stats["rejected"]
 
     # A third run on the same documents: nothing new, every cluster the same size.
@@ -84,9 +85,10 @@ def test_yesterdays_duplicate_stays_dropped_when_its_original_is_gone(store):
     _, without = run(store, inputs)
     assert "copy" in kept(without)  # a plain run re-admits it
     inputs["previous"] = first
-    _, out = run(store, inputs)
+    ref, out = run(store, inputs)
     rej = {r["id"]: r for r in read(out, "rejects")}
     assert rej["copy"]["reason"] == "dedup" and rej["copy"]["duplicate_of"] == "original"
+    assert ref.stats["minhash"]["verified_by_estimate"] == 1  # the original's shingles are gone
 
 
 def test_an_index_with_other_minhash_settings_is_refused(store):
