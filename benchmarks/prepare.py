@@ -10,7 +10,8 @@ of word edits (substitute / delete / insert, 0-40%), plus the untouched rest of 
 distractors; ground truth is the true word-5-gram Jaccard of each (variant, base) pair, a pair
 with J >= 0.8 is a duplicate. Recall = flagged duplicates among true pairs; precision = flagged
 pairs whose true Jaccard with their `duplicate_of` is >= 0.8. Measured with and without the
-true-Jaccard verification of candidates.
+true-Jaccard verification of candidates, and across two runs (the bases indexed by a first
+run, the variants checked by a second that loads its index: incremental dedup).
 """
 
 from __future__ import annotations
@@ -154,7 +155,14 @@ def mutate(words: list[str], rate: float, rng: random.Random, vocab: list[str]) 
     return out
 
 
-def dedup_quality(texts: list[str], bases: int, variants: int, verify: bool, n: int = 5) -> dict:
+def dedup_quality(
+    texts: list[str], bases: int, variants: int, verify: bool, n: int = 5, across_runs: str | None = None
+) -> dict:
+    """Recall and precision on the near-duplicate set. `across_runs` (incremental dedup): the
+    bases are indexed by a first run whose index is saved and loaded by a second, which checks the
+    variants; "bases gone": the second run's corpus lacks the bases (the loaded index has no
+    shingles: the MinHash estimate confirms), "bases again": it holds them too (their shingles,
+    read first, confirm by true Jaccard, as `tasks.global_dedup.dedup_shards` does)."""
     rng = random.Random(1234)
     sample = rng.sample(texts, min(len(texts), bases * 3))
     vocab = sorted({w for t in sample[:200] for w in t.split()})
@@ -170,7 +178,23 @@ def dedup_quality(texts: list[str], bases: int, variants: int, verify: bool, n: 
     d = Deduper(num_perm=112, threshold=0.8, verify_jaccard=verify)
     signer = d.signer
     flagged: dict[str, str] = {}
-    for k, _, _ in items:
+    if across_runs:
+        for k, _, base in items:
+            if base is None:
+                m = d.check(k, k, signer(sh[k]), sh[k])
+                if m is not None:
+                    flagged[k] = m.duplicate_of
+        with tempfile.TemporaryDirectory() as tmp:
+            d.save(Path(tmp) / "index.parquet")
+            d = Deduper(num_perm=112, threshold=0.8, verify_jaccard=verify)
+            d.load(Path(tmp) / "index.parquet")
+        if across_runs == "bases again":
+            for k, _, base in items:
+                if base is None:
+                    d.seen(k, shingle_set=sh[k])
+    for k, _, base in items:
+        if across_runs == "bases gone" and base is None:
+            continue
         m = d.check(k, k, signer(sh[k]), sh[k])
         if m is not None:
             flagged[k] = m.duplicate_of
@@ -178,6 +202,7 @@ def dedup_quality(texts: list[str], bases: int, variants: int, verify: bool, n: 
     tp_pairs = sum(1 for k, dup in flagged.items() if jaccard(sh[k], sh[dup]) >= 0.8)
     return {
         "verify_jaccard": verify,
+        "across_runs": across_runs,
         "bands": d.bands,
         "rows": d.rows,
         "true_pairs": len(truth),
@@ -209,6 +234,9 @@ def main() -> None:
     res["substeps"] = substeps(texts[: args.substep_docs], cfg)
     res["dedup_quality"] = [
         dedup_quality(texts, args.dup_bases, args.dup_variants, verify) for verify in (True, False)
+    ] + [
+        dedup_quality(texts, args.dup_bases, args.dup_variants, True, across_runs=mode)
+        for mode in ("bases gone", "bases again")
     ]
     if not args.skip_whole:
         res["whole"] = whole(docs, cfg)
@@ -223,7 +251,7 @@ def main() -> None:
         )
     for q in res["dedup_quality"]:
         print(
-            f"dedup verify={q['verify_jaccard']}: {q['bands']}x{q['rows']} recall {q['recall']} precision {q['precision']} ({q['true_pairs']} true pairs)"
+            f"dedup verify={q['verify_jaccard']}{' across runs, ' + q['across_runs'] if q['across_runs'] else ''}: {q['bands']}x{q['rows']} recall {q['recall']} precision {q['precision']} ({q['true_pairs']} true pairs)"
         )
     print(f"peak RSS {res['peak_rss_mb']} MB")
     if args.out:

@@ -9,6 +9,11 @@
                    the event's export paths and retrain id becoming its parameters
     evaluate       manual
 
+The scheduled deployments (data-refresh, retrain) dedup incrementally unless the config says
+otherwise (`prepare.dedup.incremental`, None by default): a refresh dedups new documents against
+the index of the earlier runs, so it cannot re-admit yesterday's duplicates. A one-off run leaves
+it off, so its result depends on its inputs alone, not on what ran before in the same home.
+
 Parameters are the pydantic config models, so the UI shows typed forms and the server rejects an
 invalid parameter before a run starts (`enforce_parameter_schema`). `build_deployments` makes the
 objects; `serve_deployments` runs them in this process (`llmflow server`), `deploy_to_pool`
@@ -80,6 +85,7 @@ def build_deployments(
     f = flows or _flows()
     params = {"config": config.model_dump(mode="json"), "home": home}
     common = {"parameters": params, "entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["llmflow"]}
+    scheduled = {**common, "parameters": {**params, "config": incremental(config).model_dump(mode="json")}}
 
     def cron(expr: str) -> list[Any]:
         return [CronSchedule(cron=expr, timezone=timezone)]
@@ -87,13 +93,16 @@ def build_deployments(
     return [
         f["pipeline"].to_deployment("pipeline", description="The whole pipeline, run by hand.", **common),
         f["data"].to_deployment(
-            "data-refresh", schedules=cron(data_cron), description="Re-ingest and prepare the data.", **common
+            "data-refresh",
+            schedules=cron(data_cron),
+            description="Re-ingest and prepare the data, deduplicated against the earlier runs.",
+            **scheduled,
         ),
         f["pipeline"].to_deployment(
             "retrain",
             schedules=cron(retrain_cron),
             description="Scheduled retraining: the pipeline, recomputing only what changed.",
-            **common,
+            **scheduled,
         ),
         f["finetune"].to_deployment(
             "finetune",
@@ -103,6 +112,15 @@ def build_deployments(
         ),
         f["evaluate"].to_deployment("evaluate", description="Evaluate the fine-tuned model.", **common),
     ]
+
+
+def incremental(config: PipelineConfig) -> PipelineConfig:
+    """`config` with `prepare.dedup.incremental` on where it was left unset (None)."""
+    dedup = config.prepare.dedup
+    if dedup.incremental is not None:
+        return config
+    prepare = config.prepare.model_copy(update={"dedup": dedup.model_copy(update={"incremental": True})})
+    return config.model_copy(update={"prepare": prepare})
 
 
 def serve_deployments(deployments: list[Any], limit: int | None = None) -> None:

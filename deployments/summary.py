@@ -52,7 +52,8 @@ def key_output(step: str, stats: dict[str, Any]) -> str:
 
 
 def print_data_summary(stats: dict[str, Any]) -> None:
-    """The data report in short: what was dropped and why, and what was kept by source and licence."""
+    """The data report in short: what was dropped and why, what was kept by source and licence, and
+    what was rejected by source, licence and stage."""
     table = Table(title="data: kept and dropped", show_lines=False)
     table.add_column("")
     table.add_column("", justify="right")
@@ -64,6 +65,9 @@ def print_data_summary(stats: dict[str, Any]) -> None:
         table.add_row(f"source {source}", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     for lic, counts in stats.get("by_license", {}).items():
         table.add_row(f"licence {lic}", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    for r in stats.get("rejects_by_origin", []):  # ingest's rejects included, by stage
+        stages = ", ".join(f"{k} {v:,}" for k, v in r.items() if k not in ("source", "license", "rejected"))
+        table.add_row(f"rejected from {r['source']} ({r['license']})", stages)
     langs = list(stats.get("by_language", {}).items())[:5]
     if langs:
         table.add_row("languages (kept)", ", ".join(f"{k} {v:,}" for k, v in langs))

@@ -43,7 +43,7 @@ def compose(
         # Source files and erasure requests change under an unchanged config: both join the key.
         docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
         task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))
-        data = prepare_sharded(run, config.prepare, docs, task)  # shards mapped in parallel
+        data = prepare_sharded(run, config.prepare, docs, task, config.name)  # shards mapped in parallel
         tok = run(train_tokenizer, config.tokenizer, data=data)
         shards = run(pack, config.pack, data=data, tokenizer=tok)
         base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)

@@ -12,9 +12,16 @@ recall) and each candidate is confirmed by the true Jaccard of the shingle sets,
 precision. Kept documents' shingles are not held in memory by `prepare`: the index keeps a
 reference per document and re-reads the candidate's shingles from its shard's work file (see
 `tasks.global_dedup.ShardShingles`); without shingles the MinHash estimate decides. `save`/`load`
-persist the kept ids, exact-hash keys and signatures as Parquet; the band table is rebuilt from
-the signatures on load (nothing is unpickled), so an incremental run dedups new documents
-against all earlier kept ones.
+persist the kept ids, exact-hash keys, signatures and cluster sizes as Parquet; the band table is
+rebuilt from the signatures on load (nothing is unpickled), so an incremental run dedups new
+documents against all earlier kept ones.
+
+Clusters: a kept document founds one; a duplicate joins the kept document it matches (its
+`duplicate_of`, the cluster's id). A cluster's size counts its distinct documents by id, over the
+runs of an incremental chain: `save` also writes the ids (64-bit hashes) of the duplicates seen
+so far (`members.parquet` beside the index), so a document seen again on a later run is not
+counted twice. A document kept by an earlier run and seen again (same id) is kept, not matched
+against itself; that keeps yesterday's training set stable when a new source comes first.
 """
 
 from __future__ import annotations
@@ -46,6 +53,13 @@ class Match:
     duplicate_of: str
     kind: str  # "exact" | "near"
     similarity: float
+    cluster: int = -1  # the kept document's ordinal in the index
+
+
+def _id_key(doc_id: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(doc_id.encode("utf-8", "replace"), digest_size=8).digest(), "little"
+    )
 
 
 def _exact_key(ehash: str) -> tuple[int, int]:
@@ -100,6 +114,15 @@ class Deduper:
         self._has_sig = GrowingArray(np.bool_)
         self._refs = GrowingArray(np.int64, fill=-1)
         self._lsh = MultiIndex()
+        self._size = GrowingArray(np.int64)  # distinct documents per cluster (kept ordinal)
+        self._members = GrowingArray(np.uint64)  # id keys of this run's duplicates
+        self._seen_members = np.empty(0, np.uint64)  # sorted id keys of earlier runs' duplicates
+        self._prev_keys = np.empty(0, np.uint64)  # sorted id keys of the loaded kept documents
+        self._prev_ords = np.empty(0, np.int64)
+        self.loaded = 0  # kept documents loaded from an earlier run (ordinals 0..loaded-1)
+        self.last = -1  # the cluster the last checked document founded, joined or was kept in
+        self.seen_again = 0  # loaded documents checked again (kept: the same document)
+        self.against_previous = 0  # duplicates of a loaded document
         self.verified_by_estimate = 0
         self.shingle_rereads = 0
 
@@ -119,7 +142,10 @@ class Deduper:
         """Bytes held by the index (allocated capacity), the verification buffer included."""
         return len(self._ids) + sum(
             g.nbytes
-            for g in (self._id_end, self._exact_hi, self._exact_lo, self._exact, self._sigs, self._has_sig, self._refs)
+            for g in (
+                self._id_end, self._exact_hi, self._exact_lo, self._exact, self._sigs, self._has_sig,
+                self._refs, self._size, self._members, self._seen_members, self._prev_keys, self._prev_ords,
+            )
         ) + self._lsh.nbytes + self._buffer.nbytes  # fmt: skip
 
     def forget_shingles(self) -> None:
@@ -148,24 +174,71 @@ class Deduper:
         shingle_set: np.ndarray | None,
         ref: int = -1,
     ) -> Match | None:
-        """`ref`: where `shingles_of` finds this document's shingles if it is kept (-1: nowhere)."""
+        """`ref`: where `shingles_of` finds this document's shingles if it is kept (-1: nowhere).
+        Afterwards `last` is the ordinal of the cluster the document founded, joined or is kept in."""
+        if self.loaded and (i := self.seen(doc_id, ref, shingle_set)) >= 0:  # kept by an earlier run
+            self.seen_again += 1
+            self.last = i
+            return None
+        bkeys = band_keys(sig, self.bands, self.rows) if self.near and sig is not None else None
+        m = self._match(ehash, sig, shingle_set, bkeys)
+        if m is not None:
+            self.last = m.cluster
+            self.against_previous += m.cluster < self.loaded
+            idk = _id_key(doc_id)
+            i = np.searchsorted(self._seen_members, idk)
+            if i == len(self._seen_members) or self._seen_members[i] != idk:  # not counted before
+                self._size.a[m.cluster] += 1
+                self._members.append(idk)
+            return m
         key = _exact_key(ehash) if self.exact else None
-        if key is not None:
-            for i in self._exact.get(np.array([key[0]], np.uint64)).tolist():
-                if int(self._exact_lo.a[i]) == key[1]:
-                    return Match(self.id(int(i)), "exact", 1.0)
-        bkeys = None
-        if self.near and sig is not None:
-            bkeys = band_keys(sig, self.bands, self.rows)
-            best: Match | None = None
+        self._add(doc_id, key, sig, shingle_set, ref, bkeys)
+        self.last = len(self) - 1
+        return None
+
+    def _match(self, ehash: str, sig, shingle_set, bkeys) -> Match | None:
+        if self.exact:
+            hi, lo = _exact_key(ehash)
+            for i in self._exact.get(np.array([hi], np.uint64)).tolist():
+                if int(self._exact_lo.a[i]) == lo:
+                    return Match(self.id(int(i)), "exact", 1.0, int(i))
+        best: Match | None = None
+        if bkeys is not None:
             for cand in self.candidates(sig, bkeys).tolist():  # oldest first: ties go to the earliest kept
                 sim = self._similarity(cand, sig, shingle_set)
                 if sim >= self.threshold and (best is None or sim > best.similarity):
-                    best = Match(self.id(cand), "near", sim)
-            if best is not None:
-                return best
-        self._add(doc_id, key, sig, shingle_set, ref, bkeys)
-        return None
+                    best = Match(self.id(cand), "near", sim, cand)
+        return best
+
+    def seen(self, doc_id: str, ref: int = -1, shingle_set: np.ndarray | None = None) -> int:
+        """The ordinal of `doc_id` if an earlier run kept it (else -1); its shingles (`ref` into
+        `shingles_of`, or `shingle_set`) then verify its near duplicates by true Jaccard, which
+        the loaded index alone cannot (it holds no shingles)."""
+        i = self._previous(doc_id) if self.loaded else -1
+        if i >= 0 and self._refs.a[i] < 0 and self.verify and self._has_sig.a[i]:
+            if (
+                ref < 0
+                and shingle_set is not None
+                and self.shingles_of is None
+                and len(self._buffer) < self.cache_docs
+            ):
+                ref = self._buffer.add(shingle_set)
+            self._refs.a[i] = ref
+        return i
+
+    def _previous(self, doc_id: str) -> int:
+        """The ordinal of `doc_id` among the loaded kept documents, or -1."""
+        k = _id_key(doc_id)
+        i = int(np.searchsorted(self._prev_keys, k))
+        while i < len(self._prev_keys) and self._prev_keys[i] == k:
+            if self.id(int(self._prev_ords[i])) == doc_id:
+                return int(self._prev_ords[i])
+            i += 1
+        return -1
+
+    def cluster_sizes(self, ordinals: np.ndarray) -> np.ndarray:
+        """Distinct documents in each cluster (by kept ordinal), earlier runs included."""
+        return self._size.a[ordinals]
 
     def _similarity(self, cand: int, sig: np.ndarray, shingle_set: np.ndarray | None) -> float:
         if self.verify and shingle_set is not None:
@@ -200,12 +273,14 @@ class Deduper:
         ):  # fmt: skip
             ref = self._buffer.add(shingle_set)
         self._refs.append(ref if has and self.verify else -1)
+        self._size.append(1)
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> None:
-        """Kept ids, exact-hash keys and signatures (Parquet) + the parameters in the schema
-        metadata. The band table is rebuilt from the signatures on load (cheap, deterministic)."""
+        """Kept ids, exact-hash keys, signatures and cluster sizes (Parquet) + the parameters in
+        the schema metadata; the duplicates' id keys, sorted, in `members.parquet` beside it. The
+        band table is rebuilt from the signatures on load (cheap, deterministic)."""
         n = len(self)
         keys = np.stack([self._exact_hi.a, self._exact_lo.a], axis=1) if n else np.zeros((0, 2), np.uint64)
         e = self._id_end.a
@@ -223,6 +298,7 @@ class Deduper:
                 "signature": pa.FixedSizeListArray.from_arrays(
                     pa.array(self._sigs.a.reshape(-1), pa.uint32()), self.num_perm
                 ),
+                "cluster_size": pa.array(self._size.a, pa.int64()),
             }
         )
         meta = {
@@ -236,6 +312,8 @@ class Deduper:
             "format": "2",
         }
         pq.write_table(table.replace_schema_metadata(meta), str(path))
+        members = np.union1d(self._seen_members, self._members.a)
+        pq.write_table(pa.table({"id_key": pa.array(members, pa.uint64())}), str(_members_path(path)))
 
     def load(self, path: str | Path) -> int:
         """Seed this index with a saved one (same num_perm/seed). Returns the documents loaded.
@@ -267,7 +345,23 @@ class Deduper:
             else np.full(n, near)
         )
         sigs = table.column("signature").combine_chunks().flatten().to_numpy().reshape(n, self.num_perm)
+        sizes = table.column("cluster_size").to_numpy() if "cluster_size" in table.column_names else None
+        start = len(self)
         for i, doc_id in enumerate(ids):
             key = None if keys is None or not self.exact else (int(keys[i, 0]), int(keys[i, 1]))
             self._add(doc_id, key, sigs[i] if has[i] else None, None, -1)
+            if sizes is not None:
+                self._size.a[start + i] = sizes[i]
+        pk = np.concatenate([self._prev_keys, np.array([_id_key(d) for d in ids], np.uint64)])
+        po = np.concatenate([self._prev_ords, np.arange(start, start + n, dtype=np.int64)])
+        order = np.argsort(pk, kind="stable")
+        self._prev_keys, self._prev_ords = pk[order], po[order]
+        self.loaded = len(self)
+        if _members_path(path).exists():
+            seen = pq.read_table(str(_members_path(path))).column("id_key").to_numpy()
+            self._seen_members = np.union1d(self._seen_members, seen)
         return n
+
+
+def _members_path(index: str | Path) -> Path:
+    return Path(index).with_name("members.parquet")

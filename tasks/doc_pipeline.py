@@ -29,24 +29,14 @@ from tasks.langid import LangFilter
 from tasks.minhash import Signer, shingles
 from tasks.normalize import normalize
 from tasks.pii import redact
+from tasks.rejects import reject_row, reject_table
 from tasks.toxicity import ToxicityFilter
 
-REJECT_TEXT_CHARS = 2000
 # Quality signals kept as columns on every kept document (q_<name>).
 SIGNALS = (
     "words", "mean_word_length", "symbol_word_ratio", "alpha_words_ratio", "stop_words",
     "dup_line_frac", "top_2gram_char_frac", "line_punct_ratio", "short_line_ratio",
 )  # fmt: skip
-REJECT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("reason", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("value", pa.float64()),
-        ("text", pa.string()),
-    ]
-)
 _BASE = [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())]
 OUT_SCHEMA = pa.schema(
     _BASE
@@ -62,12 +52,6 @@ def _work_schema(num_perm: int) -> pa.Schema:
         .append(pa.field("_sig", pa.list_(pa.uint32(), num_perm)))
         .append(pa.field("_shingles", pa.list_(pa.uint32())))
     )
-
-
-def _safe(text: str, limit: int | None = None) -> str:
-    """Writable (valid UTF-8) text, optionally cut."""
-    text = text[:limit] if limit else text
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def in_validation(doc_id: str, fraction: float) -> bool:
@@ -156,7 +140,7 @@ def process_table(
     pipe = pipe or DocPipeline(cfg, decon)
     num_perm = cfg.dedup.minhash.num_perm
     kept: dict[str, list] = defaultdict(list)
-    rej: dict[str, list] = defaultdict(list)
+    rej: list[dict[str, Any]] = []
     pii: Counter[str] = Counter()
     cols = table.to_pydict()
     for doc_id, text, source, meta in zip(
@@ -165,11 +149,7 @@ def process_table(
         try:
             row = pipe(text)
         except Rejected as r:
-            for k, v in (
-                ("id", doc_id), ("source", source), ("reason", r.reason), ("duplicate_of", None),
-                ("value", r.value), ("text", _safe(text or "", REJECT_TEXT_CHARS) if isinstance(text, str) else ""),
-            ):  # fmt: skip
-                rej[k].append(v)
+            rej.append(reject_row(doc_id, source, r.reason, meta, text if isinstance(text, str) else "", value=r.value))
             continue
         pii.update(row.pop("pii_counts"))
         row.update(id=doc_id, source=source, meta=meta)
@@ -177,9 +157,7 @@ def process_table(
             kept[f].append(row.get(f))
     schema = _work_schema(num_perm)
     kept_t = pa.table({f.name: pa.array(kept.get(f.name, []), f.type) for f in schema}, schema=schema)
-    rej_t = pa.table(
-        {f.name: pa.array(rej.get(f.name, []), f.type) for f in REJECT_SCHEMA}, schema=REJECT_SCHEMA
-    )
+    rej_t = reject_table(rej)
     return kept_t, rej_t, {"input": table.num_rows, "pii": dict(pii)}
 
 

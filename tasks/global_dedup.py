@@ -5,7 +5,10 @@
 ``{id: (duplicate_of, kind, similarity)}``. The shingles for true-Jaccard verification are
 re-read from the shards' work files (`ShardShingles`), so memory is the index plus a constant,
 not the corpus. `finalize_shard` then writes one shard's `train/`, `validation/` and `rejects/`
-parts; a duplicate becomes a reject ``dedup`` with its ``duplicate_of``.
+parts; a duplicate becomes a reject ``dedup`` with its ``duplicate_of`` and its origin
+(`tasks.rejects`), a kept document carries its cluster: `cluster_id` (its own id, the
+``duplicate_of`` of every duplicate it stands for) and `cluster_size` (distinct documents in the
+cluster, earlier runs of an incremental chain included).
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import pyarrow.parquet as pq
 
 from llmflow.config import PrepareConfig
 from tasks.dedup import Deduper
-from tasks.doc_pipeline import OUT_SCHEMA, REJECT_SCHEMA, REJECT_TEXT_CHARS, in_validation
+from tasks.doc_pipeline import OUT_SCHEMA, in_validation
+from tasks.rejects import reject_row, reject_table
 
 SHINGLE_CACHE_BYTES = 32 << 20  # shard `_shingles` columns kept in memory for dedup verification
+FINAL_SCHEMA = OUT_SCHEMA.append(pa.field("cluster_id", pa.string())).append(
+    pa.field("cluster_size", pa.int32())
+)
 
 
 def make_deduper(cfg: PrepareConfig) -> Deduper:
@@ -73,14 +80,21 @@ class ShardShingles:
         return None if valid is not None and not valid[row] else values[offsets[row] : offsets[row + 1]]
 
 
-def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[str, str, float]]:
+def dedup_shards(
+    kept_paths: list[Path], deduper: Deduper, clusters: list[np.ndarray] | None = None
+) -> dict[str, tuple[str, str, float]]:
     """Phase 2: stream hashes and signatures through one index, first occurrence kept.
 
     Kept documents' shingles for true-Jaccard verification are re-read from `kept_paths`
-    (`ShardShingles`), so the index holds ~650 bytes per kept document, not the shingle sets."""
+    (`ShardShingles`), so the index holds ~650 bytes per kept document, not the shingle sets.
+    `clusters` receives, per shard, each row's cluster ordinal (for `Deduper.cluster_sizes`)."""
     dups: dict[str, tuple[str, str, float]] = {}
     store = ShardShingles(kept_paths) if deduper.verify else None
     deduper.shingles_of = store
+    if deduper.loaded and store is not None:  # documents an earlier run kept, seen again: their
+        for shard, path in enumerate(kept_paths):  # shingles verify duplicates of them from the start
+            for i, doc_id in enumerate(pq.read_table(path, columns=["id"]).column("id").to_pylist()):
+                deduper.seen(doc_id, shard << 32 | i)
     for shard, path in enumerate(kept_paths):
         cols = ["id", "_exact", "_sig"] + (["_shingles"] if store is not None else [])
         t = pq.read_table(path, columns=cols)
@@ -93,13 +107,17 @@ def dedup_shards(kept_paths: list[Path], deduper: Deduper) -> dict[str, tuple[st
         )
         if store is not None and len(ids):
             store.put(shard, t.column("_shingles"))
+        ords = np.empty(len(ids), np.int64)
         for i, doc_id in enumerate(ids):
             s = store(shard << 32 | i) if store is not None else None
             m = deduper.check(
                 doc_id, hashes[i] or "", None if sig_arr is None else sig_arr[i], s, shard << 32 | i
             )
+            ords[i] = deduper.last
             if m is not None:
                 dups[doc_id] = (m.duplicate_of, m.kind, m.similarity)
+        if clusters is not None:
+            clusters.append(ords)
     deduper.forget_shingles()  # the work files go away after the step
     deduper.shingle_rereads += store.reads if store is not None else 0
     return dups
@@ -112,28 +130,28 @@ def finalize_shard(
     out: Path,
     dups: dict[str, tuple[str, str, float]],
     fraction: float,
+    cluster_sizes: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Phase 3: split survivors, move duplicates to rejects, write the final parquet files."""
-    kept = pq.read_table(kept_path)
+    """Phase 3: split survivors, move duplicates to rejects, write the final parquet files.
+    `cluster_sizes`: per row of `kept_path` (default 1: dedup found no cluster)."""
+    kept = pq.read_table(kept_path, columns=OUT_SCHEMA.names)
     rejects = pq.read_table(rejects_path)
     ids = kept.column("id").to_pylist()
     is_dup = np.array([i in dups for i in ids], dtype=bool)
     if is_dup.any():
-        d = kept.filter(pa.array(is_dup))
-        d_ids = d.column("id").to_pylist()
-        extra = pa.table(
-            {
-                "id": d.column("id"),
-                "source": d.column("source"),
-                "reason": pa.array(["dedup"] * len(d_ids), pa.string()),
-                "duplicate_of": pa.array([dups[i][0] for i in d_ids], pa.string()),
-                "value": pa.array([dups[i][2] for i in d_ids], pa.float64()),
-                "text": pa.array([t[:REJECT_TEXT_CHARS] for t in d.column("text").to_pylist()], pa.string()),
-            },
-            schema=REJECT_SCHEMA,
+        d = kept.filter(pa.array(is_dup)).select(["id", "source", "meta", "text"]).to_pydict()
+        extra = reject_table(
+            [
+                reject_row(i, s, "dedup", m, t, duplicate_of=dups[i][0], value=dups[i][2])
+                for i, s, m, t in zip(d["id"], d["source"], d["meta"], d["text"], strict=True)
+            ]
         )
         rejects = pa.concat_tables([rejects, extra])
-    survivors = kept.filter(pa.array(~is_dup)).select(OUT_SCHEMA.names)
+    sizes = np.ones(len(ids), np.int32) if cluster_sizes is None else cluster_sizes.astype(np.int32)
+    survivors = kept.filter(pa.array(~is_dup))
+    survivors = survivors.append_column(
+        FINAL_SCHEMA.field("cluster_id"), survivors.column("id")
+    ).append_column(FINAL_SCHEMA.field("cluster_size"), pa.array(sizes[~is_dup], pa.int32()))
     val = np.array([in_validation(i, fraction) for i in survivors.column("id").to_pylist()], dtype=bool)
     stats: dict[str, Any] = {}
     for split, mask in (("train", ~val), ("validation", val)):

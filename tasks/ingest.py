@@ -1,7 +1,8 @@
 """The ingest step: every configured source -> bounded Parquet shards of documents and rejects.
 
 Output (docs/steps.md): `docs/part-NNNNN.parquet` (id, text, source, meta as a JSON string) and
-`rejects/part-NNNNN.parquet` (id, source, reason, meta, text cut to 2,000 chars). A shard holds
+`rejects/part-NNNNN.parquet` (`tasks.rejects.REJECT_SCHEMA`: the record's origin, its reason, meta,
+text cut to 2,000 chars). A shard holds
 at most `shard_docs` documents (and about `shard_mb` of text), so memory stays bounded whatever
 the corpus size. Ids are `<source>:<sha256 prefix>` over the source, the record's location and a
 hash of its content: identical across runs and machines, unique within a run.
@@ -35,20 +36,11 @@ from llmflow.step import StepContext
 from llmflow.store import ArtifactStore, step_key
 from tasks.common import step_task
 from tasks.readers import Record, read_source, resolve_files
+from tasks.rejects import REJECT_SCHEMA, reject_row
 
 DOC_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())]
 )
-REJECT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("reason", pa.string()),
-        ("meta", pa.string()),
-        ("text", pa.string()),
-    ]
-)
-REJECT_TEXT_CHARS = 2000
 VERSION = 1
 SOURCE_STEP = "ingest_source"  # per-source part artifacts in the store
 
@@ -147,8 +139,7 @@ def read_into_shards(
             n_docs += 1
             n_bytes += len(rec.text.encode("utf-8"))  # type: ignore[union-attr]
         else:
-            text = (rec.text or "")[:REJECT_TEXT_CHARS]
-            rejects.add({"id": rid, "source": src.name, "reason": rec.reason, "meta": meta, "text": text})
+            rejects.add(reject_row(rid, src.name, rec.reason, meta, rec.text))  # type: ignore[arg-type]
             by_reason[rec.reason] += 1  # type: ignore[index]
         if progress is not None and (n_docs + by_reason.total()) % 10_000 == 0:
             progress(f"{src.name}: {n_docs + by_reason.total():,} records")

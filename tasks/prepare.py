@@ -14,9 +14,14 @@ in the flows, as the mapped step `prepare_shard`: one cached artifact per input 
 the shard's content (`shard_inputs` gives each ingest shard a content-addressed `doc_shard`
 artifact), the per-shard part of the config (`shard_config`) and the task data. Adding a source
 then recomputes only the new source's shards; `prepare` takes them as inputs ``shard-NNNNN``
-and does phases 2 and 3. The dedup index is saved as `dedup/index.parquet`; pass a previous
-prepare artifact as input ``previous`` to dedup new documents against everything it kept.
-Every input id ends in exactly one of train, validation or rejects (checked before publishing).
+and does phases 2 and 3. Every input id ends in exactly one of train, validation or rejects
+(checked before publishing); a reject keeps its origin (`tasks.rejects`).
+
+Incremental dedup: the dedup index is saved as `dedup/index.parquet` (+ `members.parquet`); an
+earlier prepare artifact given as input ``previous`` seeds it, so new documents are deduplicated
+against everything the earlier runs kept, and the saved index holds them all. The earlier index
+enters the key as that input's key (an artifact, never a mutable file); which artifact is the
+previous one is the flow's choice (`tasks.dedup_history`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from tasks.doc_pipeline import process_shard
 from tasks.global_dedup import dedup_shards, finalize_shard, make_deduper
 from tasks.prepare_report import accounting, sub_steps, write_report
 
-VERSION = 3  # 2: per-shard inputs (shard-NNNNN); 3: numpy dedup index (format 2), shingles re-read
+VERSION = 4  # 2: per-shard inputs (shard-NNNNN); 3: numpy dedup index (format 2), shingles re-read;
+# 4: rejects with their origin, kept documents with their cluster
 SHARD_VERSION = 1
 DOC_SHARD_STEP = "doc_shard"  # content-addressed copies (hard links) of single ingest shards
 
@@ -75,12 +81,13 @@ def shard_config(cfg: PrepareConfig) -> PrepareConfig:
             "examples_per_reason": default.examples_per_reason,
             "dedup": cfg.dedup.model_copy(
                 update={
+                    "incremental": default.dedup.incremental,
                     "minhash": default.dedup.minhash.model_copy(
                         update={
                             k: getattr(mh, k)
                             for k in ("enabled", "num_perm", "shingle_words", "verify_jaccard", "seed")
                         }
-                    )
+                    ),
                 }
             ),
         }
@@ -197,7 +204,10 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
     if "previous" in ctx.inputs:  # incremental: dedup against an earlier prepare's kept docs
         prev_index = ctx.input_path("previous") / "dedup" / "index.parquet"
         previous = deduper.load(prev_index)
-    dups = dedup_shards([k for k, _ in parts], deduper)
+    clusters: list = []
+    dups = dedup_shards([k for k, _ in parts], deduper, clusters)
+    sizes = [deduper.cluster_sizes(c) for c in clusters]
+    del clusters
     (out / "dedup").mkdir()
     deduper.save(out / "dedup" / "index.parquet")
     minhash_stats = {
@@ -206,6 +216,11 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
         "num_perm": deduper.num_perm,
         "threshold": deduper.threshold,
         "verified_by_estimate": deduper.verified_by_estimate,
+    }
+    previous_stats = {
+        "previous_index_docs": previous,
+        "previous_seen_again": deduper.seen_again,
+        "duplicates_of_previous": deduper.against_previous,
     }
     index_stats = {
         "index_docs": len(deduper),
@@ -216,7 +231,7 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
     gc.collect()
     totals: Counter[str] = Counter()
     for s in shards:
-        totals.update(finalize_shard(*parts[s], s, out, dups, cfg.validation_fraction))
+        totals.update(finalize_shard(*parts[s], s, out, dups, cfg.validation_fraction, sizes[s]))
     for split in ("train", "validation", "rejects"):
         (out / split).mkdir(exist_ok=True)
     shutil.rmtree(work)
@@ -238,13 +253,13 @@ def prepare_step(ctx: StepContext) -> dict[str, Any]:
         "dedup": {
             "exact": sum(1 for v in dups.values() if v[1] == "exact"),
             "near": sum(1 for v in dups.values() if v[1] == "near"),
-            "previous_index_docs": previous,
+            **previous_stats,
             **index_stats,
         },
         "decontamination_ngrams": decon_ngrams,
     }
     del dups  # free the duplicate map before the read-back
-    stats.update(accounting(out, docs_dir))
+    stats.update(accounting(out, docs_dir, ctx.input_path("docs") / "rejects"))
     if stats["input"] != stats["kept"] + stats["rejected"]:
         raise RuntimeError(
             f"prepare accounting broken: {stats['input']} != {stats['kept']} + {stats['rejected']}"

@@ -2,7 +2,9 @@
 
 `accounting` counts kept and rejected documents by source, licence, language and reason, and
 checks the invariant input = kept + rejected, by id, shard by shard (output part N holds exactly
-the documents of input part N), so memory is bounded by one shard. `sub_steps` records which
+the documents of input part N), so memory is bounded by one shard. It also counts every reject of
+the data path, ingest's included, by source, licence and stage (`rejects_by_origin`): each row
+of the rejects files carries its origin (`tasks.rejects`), so a count leads to the files. `sub_steps` records which
 sub-steps ran and what each dropped (the model card reads it); `write_report` puts the markdown
 report, the tables and examples of each drop reason in the Prefect UI.
 """
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 
 from llmflow.config import PrepareConfig
 from llmflow.step import StepContext
+from tasks.rejects import STAGES, stage_of
 
 
 def _license(meta: str | None) -> str:
@@ -28,9 +31,24 @@ def _license(meta: str | None) -> str:
         return "unknown"
 
 
-def accounting(out: Path, docs_dir: Path) -> dict[str, Any]:
+def rejects_by_origin(parts: list[Path]) -> list[dict[str, Any]]:
+    """Rejects counted by (source, licence) and stage, one row per pair, streamed file by file."""
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for f in parts:
+        t = pq.read_table(f, columns=["source", "license", "reason"]).to_pydict()
+        for s, lic, r in zip(t["source"], t["license"], t["reason"], strict=True):
+            counts[(s, lic)][stage_of(r)] += 1
+    stages = [*STAGES, "other"]
+    return [
+        {"source": s, "license": lic, **{k: c[k] for k in stages if c[k]}, "rejected": c.total()}
+        for (s, lic), c in sorted(counts.items())
+    ]
+
+
+def accounting(out: Path, docs_dir: Path, ingest_rejects: Path | None = None) -> dict[str, Any]:
     """Per-source/licence/language/reason counts read back from the written files, plus the
-    invariant input = kept + rejected, by id (raises if violated).
+    invariant input = kept + rejected, by id (raises if violated). `ingest_rejects`: the ingest
+    artifact's rejects folder, counted into `rejects_by_origin` with this step's rejects.
 
     Checked shard by shard (output part N holds exactly the documents of input part N), so the
     memory is bounded by one shard, not by the corpus."""
@@ -80,7 +98,11 @@ def accounting(out: Path, docs_dir: Path) -> dict[str, Any]:
             langs.update(kept_t.column("lang").to_pylist())
         if rej is not None:
             reasons.update(rej.column("reason").to_pylist())
+    ingest_parts = sorted(ingest_rejects.glob("part-*.parquet")) if ingest_rejects is not None else []
     return {
+        "rejects_by_origin": rejects_by_origin(
+            ingest_parts + sorted((out / "rejects").glob("part-*.parquet"))
+        ),
         "by_source": {k: dict(v) for k, v in sorted(by_source.items())},
         "by_license": {k: dict(v) for k, v in sorted(by_license.items())},
         "by_language": dict(langs.most_common()),
@@ -92,15 +114,10 @@ def accounting(out: Path, docs_dir: Path) -> dict[str, Any]:
 def _sub_step_of(reason: str) -> str | None:
     """The per-document sub-step that rejects with `reason`; None for an empty document (after
     normalisation, whether or not it ran) and for errors."""
-    if reason == "decontaminated":
-        return "decontaminate"
-    if reason == "filter:toxicity":
-        return "toxicity"
-    if reason.startswith(("filter:lang:", "filter:lang_score:")):
-        return "langid"
-    if reason.startswith("filter:") and reason != "filter:empty":
-        return "quality"  # filter:max_chars and the QualityFilter rules
-    return None
+    stage = stage_of(reason)
+    if reason == "filter:empty" or stage not in ("decontaminate", "toxicity", "langid", "quality"):
+        return None
+    return stage  # quality: filter:max_chars and the QualityFilter rules
 
 
 def sub_steps(
@@ -165,6 +182,8 @@ def write_report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> 
             for s, c in stats["by_license"].items()
         ],
         "",
+        *_origin_table(stats["rejects_by_origin"]),
+        "",
         "| language (kept) | documents |",
         "|---|---:|",
         *[f"| {lang} | {n:,} |" for lang, n in stats["by_language"].items()],
@@ -181,7 +200,7 @@ def write_report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> 
             snippet = " ".join(r["text"][:240].split()).replace("|", "\\|")
             extra = f" duplicate of `{r['duplicate_of']}`" if r["duplicate_of"] else ""
             val = f" value {r['value']:.3g}" if r["value"] is not None else ""
-            lines.append(f"- `{r['id']}` ({r['source']}){val}{extra}: {snippet}")
+            lines.append(f"- `{r['id']}` ({r['source']}, {_where(r)}){val}{extra}: {snippet}")
     ctx.report("\n".join(lines) + "\n")
     ctx.table(
         [{"reason": r, "documents": n} for r, n in stats["rejects_by_reason"].items()], "rejects-by-reason"
@@ -189,6 +208,7 @@ def write_report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> 
     ctx.table([{"source": s, **c} for s, c in stats["by_source"].items()], "by-source")
     ctx.table([{"language": lang, "documents": n} for lang, n in stats["by_language"].items()], "by-language")
     ctx.table([{"license": s, **c} for s, c in stats["by_license"].items()], "by-license")
+    ctx.table(stats["rejects_by_origin"], "rejects-by-source-license")
     ctx.table(
         [
             {"reason": r, "id": x["id"], "text": x["text"][:200]}
@@ -197,3 +217,30 @@ def write_report(ctx: StepContext, stats: dict[str, Any], out: Path, k: int) -> 
         ],
         "reject-examples",
     )
+
+
+def _origin_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: rejects by source and licence, one column per stage that rejected anything."""
+    stages = [k for k in (*STAGES, "other") if any(k in r for r in rows)]
+    return [
+        "Rejects by source and licence (ingest's included), by the stage that dropped them:",
+        "",
+        "| source | licence | " + " | ".join(stages) + " | rejected |",
+        "|---|---|" + "---:|" * (len(stages) + 1),
+        *[
+            f"| {r['source']} | {r['license']} | "
+            + " | ".join(f"{r.get(k, 0):,}" for k in stages)
+            + f" | {r['rejected']:,} |"
+            for r in rows
+        ],
+    ]
+
+
+def _where(r: dict[str, Any]) -> str:
+    """A reject's origin in a few words: licence, file and line or row."""
+    at = r["file"] or "?"
+    if r["line"] is not None:
+        at += f" line {r['line']}"
+    elif r["row"] is not None:
+        at += f" row {r['row']}"
+    return f"{r['license']}, {at}"

@@ -84,3 +84,10 @@ def test_agrees_with_the_python_deployments():
         want = [s["cron"] for s in d.get("schedules") or []]
         assert [s.schedule.cron for s in built[name].schedules or []] == want
         assert bool(d.get("triggers")) == bool(built[name].triggers)
+        scheduled = bool(d.get("schedules"))  # data-refresh, retrain: incremental dedup on
+        assert _incremental(d.get("parameters") or {}) is (True if scheduled else None), name
+        assert bool(_incremental(built[name].parameters)) is scheduled, name
+
+
+def _incremental(parameters: dict) -> bool | None:
+    return (((parameters.get("config") or {}).get("prepare") or {}).get("dedup") or {}).get("incremental")

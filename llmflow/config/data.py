@@ -204,6 +204,13 @@ class MinHashConfig(Section):
 class DedupConfig(Section):
     exact: bool = True
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    incremental: bool | None = Field(
+        default=None,
+        description="Dedup new documents against the persisted index of this pipeline's earlier "
+        "prepare runs, so a refresh cannot re-admit their duplicates. None: on in the scheduled "
+        "deployments (data-refresh, retrain), off in a one-off run, whose result then depends on "
+        "its inputs alone.",
+    )
 
 
 class PiiConfig(Section):
