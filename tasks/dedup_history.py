@@ -10,6 +10,10 @@ names exactly which index a run used. `previous_prepare` keeps that key stable: 
 built from the same documents, task data and config, the head *is* this run's result, so it
 returns the head's own ``previous`` and the run is a cache hit on the head. Re-running an
 unchanged pipeline recomputes nothing; new documents extend the chain by one artifact.
+
+An erasure request (`llmflow forget`) recorded after the head ends the chain: the next run starts a
+new index, because the old one holds the hashes and MinHash signatures of the erased documents
+(and `llmflow gc --erased` deletes it with everything else built from them).
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def previous_prepare(
     ref = head(store, name)
     if ref is None:
         return None
+    from llmflow.erasure import load_requests
+
+    recorded = (store.read_json(*_head_path(name)) or {}).get("recorded", 0.0)
+    if any(r.created >= recorded for r in load_requests(store)):
+        return None  # an erasure since the head: a new chain, never the old index
     m = store.manifest(STEP, ref.key) or {}
     inputs = m.get("inputs", {})
     same = (

@@ -12,7 +12,7 @@ from test_prepare import make_inputs, prose, read, run
 
 from flows.data import data_flow
 from llmflow.config import PipelineConfig
-from llmflow.store import ArtifactStore
+from llmflow.store import ArtifactStore, StepRef
 from tasks.dedup_history import head
 
 
@@ -157,3 +157,21 @@ def test_turning_incremental_on_reuses_every_shard():
 
     on = PrepareConfig.model_validate({"dedup": {"incremental": True}})
     assert shard_config(on) == shard_config(PrepareConfig())  # only the global dedup re-runs
+
+
+def test_an_erasure_request_ends_the_chain(store):
+    """After `llmflow forget`, the next incremental run starts a new index: the old one holds the
+    hashes of the erased documents."""
+    from llmflow.config import PrepareConfig
+    from llmflow.erasure import new_request, record
+    from tasks.dedup_history import previous_prepare, record_head
+
+    cfg = PrepareConfig()
+    docs = StepRef(step="ingest", key="d" * 64, uri="")
+    with store.write("prepare", "p" * 64, {"stats": {}}) as out:
+        (out / "x.txt").write_text("x")
+    head_ref = store.ref("prepare", "p" * 64)
+    record_head(store, "llmflow", head_ref)
+    assert previous_prepare(store, "llmflow", cfg, docs, None) == head_ref
+    record(store, new_request("source", ["web"], "erase"))
+    assert previous_prepare(store, "llmflow", cfg, docs, None) is None
