@@ -120,7 +120,9 @@ def lora_targets(model, requested: list[str] | None = None) -> list[str]:
     return names
 
 
-def check_base(model_dir: str | Path, cfg: FinetuneConfig | None = None, what: str = "base model") -> dict[str, Any]:
+def check_base(
+    model_dir: str | Path, cfg: FinetuneConfig | None = None, what: str = "base model"
+) -> dict[str, Any]:
     """Check a base checkpoint without loading its weights; what lineage records of it.
 
     A transformers causal LM (a skeleton built on the meta device), a tokenizer that loads, has
@@ -133,7 +135,9 @@ def check_base(model_dir: str | Path, cfg: FinetuneConfig | None = None, what: s
     try:
         config = AutoConfig.from_pretrained(model_dir)
     except (ValueError, KeyError, OSError) as e:
-        raise InputError(f"{what} {model_dir}: not a model transformers knows ({str(e).splitlines()[0]})") from None
+        raise InputError(
+            f"{what} {model_dir}: not a model transformers knows ({str(e).splitlines()[0]})"
+        ) from None
     try:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)

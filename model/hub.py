@@ -60,7 +60,12 @@ def _cache_dir() -> str | None:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+    return (
+        source.startswith(("/", "./", "../", "~"))
+        or source.count("/") > 1
+        or os.sep != "/"
+        and os.sep in source
+    )
 
 
 def resolve(source: str, what: str = "base model") -> BaseSource:

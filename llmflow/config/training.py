@@ -17,7 +17,6 @@ from llmflow.config.base import (
     Section,
 )
 
-
 BASE_MODEL_HELP = (
     "A local model directory or a Hugging Face hub name (offline: from the local cache); its own "
     "tokenizer and chat template are used throughout."
