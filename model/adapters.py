@@ -185,12 +185,19 @@ def wrap_model(model, cfg: FinetuneConfig, tokenizer_dir: str | Path | None = No
             p.requires_grad_(True)
         return model
     if cfg.method == "lora":
+        from transformers.pytorch_utils import Conv1D
+
+        targets = lora_targets(model, cfg.target_modules)
+        conv1d = any(
+            isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules()
+        )
         pc = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(model, cfg.target_modules),
+            target_modules=targets,
+            fan_in_fan_out=conv1d,  # Conv1D (GPT-2) stores its weight as (in, out)
         )
     else:
         if tokenizer_dir is None:

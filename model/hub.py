@@ -24,7 +24,16 @@ from pathlib import Path
 from llmflow.config import InputError
 
 # What a causal LM needs from a hub repo: no *.py (remote code), no *.bin/*.pt (pickles).
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "README.md", "LICENSE*"]
+ALLOW_PATTERNS = [
+    "*.json",
+    "*.jinja",
+    "*.safetensors",
+    "*.model",
+    "*.tiktoken",
+    "*.txt",
+    "README.md",
+    "LICENSE*",
+]
 
 
 class BaseModelError(InputError):

@@ -12,8 +12,8 @@ weights hard-linked from the source when they share a disk, else copied; tokeniz
 model card), the tokenizer carrying its own chat template or, when it has none, llmflow's
 (model/chat.py); `base.json`: source, hub revision, licence, architecture, tokenizer and
 embedding sizes. The pack, pretrain, finetune, evaluate and serve steps use this tokenizer and
-template; no llmflow tokenizer is trained. `base.json` holds no local path: the same key gives
-the same files in any home.
+template; no llmflow tokenizer is trained. `base.json` names the base as the config does, never by
+its place in a hub cache: the same key gives the same files on any machine.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tasks.common import step_task
 
 VERSION = 1
 WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
-FILES = ("*.json", "*.model", "*.tiktoken", "*.txt", "README.md", "LICENSE*")
+FILES = ("*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt", "README.md", "LICENSE*")
 BASE_JSON = "base.json"
 
 
