@@ -92,9 +92,10 @@ def pack_step(ctx: StepContext) -> dict:
     files = {s: split_files(data, s, required=(s == "train")) for s in SPLITS}
     tok_path = ctx.input_path("tokenizer")
     if (tok_path / BASE_JSON).exists():  # a base model's own tokenizer
-        encoder: tk.ParallelEncoder | HFEncoder = HFEncoder(tok_path / "model")
-        vocab_size, specials, workers = encoder.vocab_size, encoder.special_ids(), 1
-        encoder.dtype = dtype = token_dtype(vocab_size)
+        hf = HFEncoder(tok_path / "model")  # a fast tokenizer uses every core by itself
+        vocab_size, specials, workers = hf.vocab_size, hf.special_ids(), 1
+        hf.dtype = dtype = token_dtype(vocab_size)
+        encoder: tk.ParallelEncoder | HFEncoder = hf
     else:
         model_file = tok_path / tk.MODEL_FILE
         sp = tk.load(model_file)
