@@ -104,6 +104,13 @@ class _OneLineFailures(logging.Filter):
 def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
     cfg = pipeline_config(preset, overrides)
     home = writable_home(home)
+    if cfg.base_model() is not None:  # a base model that cannot be used: one line, before any server
+        from tasks.base_model import preflight
+
+        try:
+            preflight(cfg)
+        except InputError as e:
+            fail(str(e), code=2)
     _prefect_env()
     from prefect import flow
     from prefect.logging.handlers import PrefectConsoleHandler

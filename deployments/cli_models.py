@@ -212,7 +212,7 @@ def generate(
         lm, tok = load_finetuned(weights) if (weights / FINETUNE_META).exists() else load(path)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e), code=1)
-    text = prompt if raw else format_prompt(prompt)
+    text = prompt if raw else format_prompt(prompt, tokenizer=tok)
     outs = sample(
         lm,
         tok,

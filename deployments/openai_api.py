@@ -160,15 +160,10 @@ def openai_app(
         version, model, tokenizer = served(req)
         messages = req.as_chat()
         too_long(sum(len(m["content"]) for m in messages))
-        from model.chat import CHAT_TEMPLATE
+        from model.chat import render_chat
 
         try:
-            text = tokenizer.apply_chat_template(
-                messages,
-                tokenize=False,
-                add_generation_prompt=True,
-                chat_template=None if tokenizer.chat_template else CHAT_TEMPLATE,
-            )
+            text = render_chat(tokenizer, messages)
         except Exception as e:  # a model's own template may refuse a role or an order of turns
             raise APIError(400, f"the model's chat template refused these messages: {e}", "messages") from e
         # one user message is kept for feedback as its text, as /generate keeps a prompt; a

@@ -259,7 +259,7 @@ def create_app(
             "seed": req.seed,
         }
         with champion.generate_lock:
-            text = sample(model, tokenizer, [format_prompt(req.prompt, req.system)], **params)[0]
+            text = sample(model, tokenizer, [format_prompt(req.prompt, req.system, tokenizer)], **params)[0]
         gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})
         return GenerateResponse(id=gid, text=text, model_version=version)
 

@@ -26,6 +26,8 @@ def key_output(step: str, stats: dict[str, Any]) -> str:
         return f"{g('kept')} kept of {g('input')}, {g('train_docs')} train docs"
     if step == "tokenizer":
         return f"vocab {g('vocab_size')}, {g('bytes_per_token', '{:.2f}')} bytes/token"
+    if step == "base_model":
+        return f"{stats.get('source')}: {stats.get('model_type')}, licence {stats.get('license') or 'not stated'}"
     if step == "pack":
         return f"{g('train_tokens')} train tokens ({stats.get('dtype', '?')})"
     if step == "pretrain":

@@ -2,6 +2,11 @@
 
 sources -> ingest -> prepare -> tokenizer -> pack -> pretrain -> finetune -> evaluate -> gate
 
+A base model brought from elsewhere (`finetune.base`, `pretrain.init_from`) is checked before any
+step runs (tasks/base_model.py `preflight`) and becomes the `base_model` step, whose tokenizer
+replaces the trained one: with `finetune.base` it is the model fine-tuned (no tokenizer, no
+pretrain step), with `pretrain.init_from` the model pretraining continues from.
+
 Each step is a cached Prefect task (tasks/); this module only wires their inputs. A failed gate
 raises `GateFailed` after every artifact is written, so the flow run ends Failed. `compose`
 stops after the step named by `until`, which is how the per-step flows (data, pretrain, ...)
@@ -21,6 +26,7 @@ from llmflow.config import PipelineConfig
 from llmflow.mlflow_tracking import track
 from llmflow.registry import Registry
 from llmflow.store import ArtifactStore, StepRef
+from tasks.base_model import base_model, preflight
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 from tasks.gate import gate, raise_if_failed
@@ -33,20 +39,37 @@ from tasks.tokenizer import train_tokenizer
 STEPS = ["ingest", "task_data", "prepare", "tokenizer", "pack", "pretrain", "finetune", "evaluate", "gate"]
 
 
+def _stop_after(until: str, config: PipelineConfig) -> str:
+    """The step a flow meant to stop at `until` stops after: with a base model brought in no
+    tokenizer is trained (base_model stands in), and with finetune.base nothing is pretrained."""
+    if until == "tokenizer" and config.base_model() is not None:
+        return "base_model"
+    if until == "pretrain" and config.finetune.base:
+        return "pack"
+    return until
+
+
 def compose(
     config: PipelineConfig, until: str = "gate", force: bool = False, home: str | None = None
 ) -> dict[str, Any]:
-    if until not in STEPS:
+    if until not in STEPS and until != "base_model":
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
+    brought = preflight(config)  # a base model that cannot be used fails here, before any work
+    skip_pretrain = config.finetune.base is not None
     with track(config, home, until, **tracking_context()) as tracker:  # MLflow, when configured
-        run = StepRunner(home=home, force=force, until=until, tracker=tracker)
+        run = StepRunner(home=home, force=force, until=_stop_after(until, config), tracker=tracker)
         # Source files and erasure requests change under an unchanged config: both join the key.
         docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
         task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))
         data = prepare_sharded(run, config.prepare, docs, task, config.name)  # shards mapped in parallel
-        tok = run(train_tokenizer, config.tokenizer, data=data)
+        hub = run(base_model, brought[0], extra=brought[1]) if brought else None
+        tok = hub or run(train_tokenizer, config.tokenizer, data=data)
         shards = run(pack, config.pack, data=data, tokenizer=tok)
-        base = run(pretrain, config.pretrain, shards=shards, tokenizer=tok)
+        base = (
+            hub
+            if skip_pretrain
+            else run(pretrain, config.pretrain, shards=shards, tokenizer=tok, **_init(hub))
+        )
         tuned = run(finetune, config.finetune, base=base, task=task)
         report = run(
             evaluate,
@@ -77,6 +100,11 @@ def tracking_context() -> dict[str, Any]:
     if ctx is None or ctx.flow_run is None:
         return {}
     return {"logger": get_run_logger(), "tags": {"prefect.flow_run_id": str(ctx.flow_run.id)}}
+
+
+def _init(hub: StepRef | None) -> dict[str, StepRef]:
+    """pretrain's extra input: the checkpoint it continues (pretrain.init_from)."""
+    return {} if hub is None else {"init": hub}
 
 
 def _challenged_champion(name: str, tuned: StepRef | None, home: str | None) -> str | None:

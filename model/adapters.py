@@ -1,7 +1,9 @@
 """What fine-tuning starts from and what it leaves: the base model, the method's wrapper, outputs.
 
-`load_base` reads an HF model directory and checks its tokenizer belongs to it. `wrap_model`
-applies the method (peft): `lora` wraps the attention and MLP projections; `prompt` learns
+`load_base` reads an HF model directory and checks its tokenizer belongs to it; `check_base` does
+the same checks on a model skeleton (no weights), so a foreign checkpoint is refused before work
+starts. `wrap_model` applies the method (peft): `lora` wraps `lora_targets`, the architecture's
+linear layers (nn.Linear, or GPT-2's Conv1D) unless `target_modules` names them; `prompt` learns
 `num_virtual_tokens` input embeddings initialised from `prompt_init_text`; `full` trains every
 weight (the baseline). `save_finetuned` writes `adapter/` (peft format, plus `llmflow_base.json`,
 the base's fingerprint) and `model/`: the merged weights (`merge_and_unload`) for LoRA, all
@@ -22,8 +24,8 @@ from typing import Any
 
 import torch
 
-from llmflow.config import FinetuneConfig
-from model.chat import CHAT_TEMPLATE, ROLE_TOKENS
+from llmflow.config import FinetuneConfig, InputError
+from model.chat import CHAT_TEMPLATE, ROLE_TOKENS, own_format
 
 log = logging.getLogger("llmflow.finetune")
 
@@ -60,9 +62,107 @@ def check_compatible(model, tokenizer, where: str = "model") -> None:
         )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{where}: the tokenizer has no eos token; it cannot end a response")
+    if not own_format(tokenizer):
+        return  # prompts are rendered with the tokenizer's own chat template
     split = [t for t in ROLE_TOKENS if len(tokenizer(t, add_special_tokens=False)["input_ids"]) != 1]
     if split:
-        log.warning("%s: role tokens %s are not single tokens of this tokenizer", where, split)
+        log.info("%s: role tokens %s are not single tokens of this tokenizer (stopping on eos)", where, split)
+
+
+class UnwrappableModel(InputError):
+    """peft cannot put the configured method on this architecture."""
+
+
+# Layer types peft's LoRA can wrap (peft.tuners.lora.model dispatches on these).
+def _lora_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D
+
+    return (torch.nn.Linear, Conv1D, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def lora_targets(model, requested: list[str] | None = None) -> list[str]:
+    """The module names LoRA wraps: `requested`, checked, or every linear layer of the blocks
+    (nn.Linear and transformers' Conv1D, as peft's "all-linear": all but the output head).
+
+    Raises UnwrappableModel when a requested name is missing or not a layer peft can wrap, or when
+    the architecture has no linear layer at all.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    arch = getattr(model.config, "model_type", type(model).__name__)
+    modules = [(n, m) for n, m in model.named_modules() if n and m is not head]
+    if requested:
+        by_name: dict[str, list] = {}
+        for n, m in modules:
+            by_name.setdefault(n.rsplit(".", 1)[-1], []).append(m)
+        missing = [t for t in requested if t not in by_name]
+        if missing:
+            raise UnwrappableModel(
+                f"finetune.target_modules {missing} are not modules of this {arch} model "
+                f"(its linear layers: {', '.join(lora_targets(model)) or 'none'}); leave target_modules "
+                "unset to wrap them all"
+            )
+        bad = [t for t in requested if not all(isinstance(m, _lora_types()) for m in by_name[t])]
+        if bad:
+            kinds = sorted({type(m).__name__ for t in bad for m in by_name[t]})
+            raise UnwrappableModel(
+                f"peft cannot wrap {bad} of this {arch} model with LoRA ({', '.join(kinds)} layers); "
+                "name linear layers in finetune.target_modules or use finetune.method=full"
+            )
+        return list(requested)
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, torch.nn.Linear | Conv1D)})
+    if not names:
+        raise UnwrappableModel(
+            f"peft cannot wrap this {arch} model with LoRA: it has no linear layers; "
+            "use finetune.method=full or prompt"
+        )
+    return names
+
+
+def check_base(
+    model_dir: str | Path, cfg: FinetuneConfig | None = None, what: str = "base model"
+) -> dict[str, Any]:
+    """Check a base checkpoint without loading its weights; what lineage records of it.
+
+    A transformers causal LM (a skeleton built on the meta device), a tokenizer that loads, has
+    an eos and fits the embedding table, and, for `cfg.method == "lora"`, layers peft can wrap.
+    Raises InputError with one line.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (ValueError, KeyError, OSError) as e:
+        raise InputError(
+            f"{what} {model_dir}: not a model transformers knows ({str(e).splitlines()[0]})"
+        ) from None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError:
+        raise InputError(
+            f"{what} {model_dir}: a {config.model_type} model is not a causal language model "
+            "(AutoModelForCausalLM cannot build it)"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise InputError(f"{what} {model_dir} has no usable tokenizer: {str(e).splitlines()[0]}") from None
+    try:
+        check_compatible(skeleton, tokenizer, where=f"{what} {model_dir}")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    targets = lora_targets(skeleton, cfg.target_modules) if cfg is not None and cfg.method == "lora" else None
+    return {
+        "model_type": config.model_type,
+        "architectures": list(getattr(config, "architectures", None) or []),
+        "tokenizer_tokens": len(tokenizer),
+        "embedding_rows": skeleton.get_input_embeddings().num_embeddings,
+        "chat_template": "own" if tokenizer.chat_template else "llmflow",
+        **({"lora_targets": targets} if targets is not None else {}),
+    }
 
 
 def base_fingerprint(model) -> str:
@@ -85,16 +185,19 @@ def wrap_model(model, cfg: FinetuneConfig, tokenizer_dir: str | Path | None = No
             p.requires_grad_(True)
         return model
     if cfg.method == "lora":
-        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        missing = [t for t in cfg.target_modules if t not in names]
-        if missing:
-            raise ValueError(f"LoRA target_modules {missing} are not modules of this model")
+        from transformers.pytorch_utils import Conv1D
+
+        targets = lora_targets(model, cfg.target_modules)
+        conv1d = any(
+            isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules()
+        )
         pc = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
+            target_modules=targets,
+            fan_in_fan_out=conv1d,  # Conv1D (GPT-2) stores its weight as (in, out)
         )
     else:
         if tokenizer_dir is None:
@@ -154,7 +257,7 @@ def save_finetuned(
     else:
         merged = model.merge_and_unload() if method == "lora" else model
         merged.save_pretrained(model_out)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE  # the base's own, or llmflow's
     tokenizer.save_pretrained(model_out)
     (model_out / FINETUNE_META).write_text(json.dumps(meta, indent=2))
 

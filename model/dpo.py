@@ -56,8 +56,8 @@ def build_preferences(triples: Iterable[dict[str, Any]], tokenizer, max_len: int
     pairs, rejects = [], []
     for i, t in enumerate(triples):
         try:
-            prompt, chosen = row_text(t, "chosen")
-            _, rejected = row_text(t, "rejected")
+            prompt, chosen = row_text(t, "chosen", tokenizer)
+            _, rejected = row_text(t, "rejected", tokenizer)
             c, cl, _ = encode_pair(tokenizer, prompt, chosen, max_len)
             r, rl, _ = encode_pair(tokenizer, prompt, rejected, max_len)
         except RejectedRow as e:

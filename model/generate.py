@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model.chat import END, fit_prompt
+from model.chat import end_marker, fit_prompt
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -41,13 +41,23 @@ def load(model_dir: str | Path, device: str | None = None):
     return model, tokenizer
 
 
+def _marker_id(tokenizer) -> int | None:
+    """The id of the answer's end marker (`<|end|>`, `<|im_end|>`) when it is one token."""
+    marker = end_marker(tokenizer)
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if marker else []
+    return ids[0] if len(ids) == 1 and ids[0] != tokenizer.unk_token_id else None
+
+
 def stop_token_ids(tokenizer) -> list[int]:
-    """The ids that end an answer: eos, and `<|end|>` where the tokenizer has it as one token."""
-    ids = [tokenizer.eos_token_id]
-    end_id = tokenizer.convert_tokens_to_ids(END)
-    if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
-        ids.append(end_id)
-    return ids
+    """The ids that end an answer: eos, and the end marker where the tokenizer has it as one token."""
+    marker = _marker_id(tokenizer)
+    return [tokenizer.eos_token_id] + ([marker] if marker is not None else [])
+
+
+def stop_strings(tokenizer) -> list[str]:
+    """The end marker as text, where it is several tokens (llmflow's format in a foreign vocabulary)."""
+    marker = end_marker(tokenizer)
+    return [marker] if marker and _marker_id(tokenizer) is None else []
 
 
 def prompt_budget(model, tokenizer, max_new_tokens: int) -> int:
@@ -81,12 +91,12 @@ def generate(
 
     Prompts are left-padded in batches; one too long for the context is cut as
     `model.chat.fit_prompt` says (the tokenizer's `truncation_side`). Generation stops at
-    `<|end|>` or eos.
+    eos or the answer's end marker (`<|end|>`, or a foreign template's), a token or a text.
     """
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    stop_ids = stop_token_ids(tokenizer)
+    stop_ids, stop_text = stop_token_ids(tokenizer), stop_strings(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     budget = prompt_budget(model, tokenizer, max_new_tokens)  # room for the answer
     outputs: list[str] = []
@@ -110,8 +120,10 @@ def generate(
             top_p=top_p if sampling else None,
             eos_token_id=stop_ids,
             pad_token_id=pad_id,
+            **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
         )
         for row in out[:, width:].tolist():
             cut = next((k for k, t in enumerate(row) if t in stop_ids), len(row))
-            outputs.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+            outputs.append(text.split(stop_text[0], 1)[0] if stop_text else text)
     return outputs

@@ -1,7 +1,8 @@
 """Rows to training examples for fine-tuning: what the model sees and what the loss counts.
 
 A row is `{prompt, response}` (or chat `messages`). The model sees `bos + format_prompt(prompt)`
-and learns `format_response(response) + eos`; labels are -100 on the prompt, so the loss counts
+and learns `format_response(response) + eos`, in the tokenizer's format (model/chat.py: llmflow's,
+or a foreign base model's own chat template); labels are -100 on the prompt, so the loss counts
 response tokens only. Prompt and response are tokenized separately, exactly as generation sees
 them (the prompt alone, then new tokens). A row longer than `max_len` loses prompt tokens from
 the left; a row whose response alone does not fit, or a malformed row, is rejected with a reason
@@ -22,8 +23,7 @@ from typing import Any
 
 import torch
 
-from model.chat import ASSISTANT, SYSTEM, USER, fit_prompt, format_messages, format_response
-from model.chat import format_prompt as _format_prompt
+from model.chat import fit_prompt, format_messages, format_prompt, format_response, is_rendered
 
 IGNORE = -100
 
@@ -64,20 +64,18 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def render_prompt(prompt: str) -> str:
-    """`format_prompt(prompt)`, unless the prompt is already rendered with role tokens."""
-    if prompt.startswith((USER, SYSTEM)) and prompt.endswith(f"{ASSISTANT}\n"):
-        return prompt
-    return _format_prompt(prompt)
+def render_prompt(prompt: str, tokenizer=None) -> str:
+    """`format_prompt(prompt)` in the tokenizer's format, unless the prompt is already rendered."""
+    return prompt if is_rendered(prompt, tokenizer) else format_prompt(prompt, tokenizer=tokenizer)
 
 
-def row_text(row: dict[str, Any], response_key: str = "response") -> tuple[str, str]:
+def row_text(row: dict[str, Any], response_key: str = "response", tokenizer=None) -> tuple[str, str]:
     """(rendered prompt, response) of a row, or RejectedRow for a malformed one."""
     if "__invalid__" in row:
         raise RejectedRow(row["__invalid__"], row.get("__detail__", ""))
     if "messages" in row and "prompt" not in row:
         try:
-            prompt, response = format_messages(row["messages"])
+            prompt, response = format_messages(row["messages"], tokenizer)
         except (ValueError, TypeError, AttributeError) as e:
             raise RejectedRow("invalid:messages", str(e)) from None
     else:
@@ -86,7 +84,7 @@ def row_text(row: dict[str, Any], response_key: str = "response") -> tuple[str, 
                 raise RejectedRow(f"invalid:missing_{key}")
             if not isinstance(row[key], str):
                 raise RejectedRow(f"invalid:{key}_not_text", type(row[key]).__name__)
-        prompt, response = render_prompt(row["prompt"]), row[response_key]
+        prompt, response = render_prompt(row["prompt"], tokenizer), row[response_key]
     if not response.strip():
         raise RejectedRow("invalid:empty_response")
     return prompt, response
@@ -101,7 +99,7 @@ def encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> tuple[li
     tokens, RejectedRow('too_long:response').
     """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    r_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"] + [
+    r_ids = tokenizer(format_response(response, tokenizer), add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id
     ]
     budget = max_len - len(bos) - len(r_ids)
@@ -131,7 +129,7 @@ def build_sft(rows: Iterable[dict[str, Any]], tokenizer, max_len: int) -> SFTDat
     for i, row in enumerate(rows):
         rid = row.get("id", i) if isinstance(row, dict) else i
         try:
-            prompt, response = row_text(row)
+            prompt, response = row_text(row, tokenizer=tokenizer)
             ids, labels, cut = encode_pair(tokenizer, prompt, response, max_len)
         except RejectedRow as e:
             data.rejects.append({"id": rid, "reason": e.reason, "detail": str(e)})

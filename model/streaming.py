@@ -24,7 +24,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from model.generate import encode_prompt, prompt_budget, stop_token_ids
+from model.generate import encode_prompt, prompt_budget, stop_strings, stop_token_ids
 
 _DONE = object()
 
@@ -62,7 +62,7 @@ class TextStream:
     ):
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
-        self.stop = [s for s in stop if s]
+        self.stop = [s for s in stop if s] + stop_strings(tokenizer)
         self.lock, self.runner = lock or contextlib.nullcontext(), runner
         self.input_ids, self.truncated = encode_prompt(
             tokenizer, prompt, prompt_budget(model, tokenizer, max_new_tokens)

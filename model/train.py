@@ -4,7 +4,8 @@
     accelerate launch --multi_gpu --num_processes 2 -m model.train --config job.json
 
 `job.json` = {"config": <PretrainConfig>, "shards": dir, "out": dir, "checkpoints": dir,
-"tokenizer": dir or null}. The main process writes `out/model/`, `out/metrics.json` and
+"tokenizer": dir or null, "init_from": model dir or null}. With `init_from` the run continues
+pretraining that checkpoint (a base model's `model/` folder) instead of a fresh preset model. The main process writes `out/model/`, `out/metrics.json` and
 `out/loss.csv`; when launched, it prints `@@progress {"done","total","message"}` lines that the
 pretrain task turns into progress reports.
 
@@ -186,7 +187,25 @@ def flops_per_token(model, seq_len: int) -> float:
     c = model.config
     n = count_params(model, non_embedding=True)
     attn_span = min(seq_len, getattr(c, "sliding_window", None) or seq_len)
-    return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * attn_span
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * head_dim * attn_span
+
+
+def load_init(model_dir: str | Path, vocab: int, seq_len: int):
+    """The checkpoint pretraining continues from, checked against the shards and the context."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab > rows:
+        raise ValueError(
+            f"the shards' vocabulary ({vocab}) is larger than the embedding table of {model_dir} "
+            f"({rows} rows): pack with the base model's own tokenizer"
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and seq_len > max_pos:
+        raise ValueError(f"pretrain.seq_len {seq_len} is over the {max_pos} positions of {model_dir}")
+    return model
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -205,8 +224,10 @@ def train(
     tokenizer_dir: str | Path | None = None,
     on_progress: ProgressFn | None = None,
     log: LogFn = print,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Pretrain from scratch (or resume from `checkpoint_dir`); returns the metrics dict.
+    """Pretrain from scratch, or from the weights at `init_from` (or resume from
+    `checkpoint_dir`); returns the metrics dict.
 
     Raises ShardError for unusable shards, ValueError for a vocabulary/model mismatch, and
     CheckpointError for a checkpoint that cannot be resumed.
@@ -239,18 +260,21 @@ def train(
     )
 
     set_seed(cfg.seed)  # identical init on every process
-    config = build_config(
-        cfg.preset,
-        vocab,
-        arch=cfg.arch,
-        seq_len=cfg.seq_len,
-        sliding_window=cfg.sliding_window,
-        tie_embeddings=cfg.tie_embeddings,
-        bos_token_id=meta.get("bos_id"),
-        eos_token_id=meta.get("eos_id"),
-        pad_token_id=meta.get("pad_id"),
-    )
-    model = build_model(config)
+    if init_from is not None:
+        model = load_init(init_from, vocab, cfg.seq_len)
+    else:
+        config = build_config(
+            cfg.preset,
+            vocab,
+            arch=cfg.arch,
+            seq_len=cfg.seq_len,
+            sliding_window=cfg.sliding_window,
+            tie_embeddings=cfg.tie_embeddings,
+            bos_token_id=meta.get("bos_id"),
+            eos_token_id=meta.get("eos_id"),
+            pad_token_id=meta.get("pad_id"),
+        )
+        model = build_model(config)
     if cfg.gradient_checkpointing:
         enable = (
             getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -275,8 +299,9 @@ def train(
         if state is not None:
             step, tokens, elapsed, rows = state["step"], state["tokens"], state["elapsed"], state["rows"]
             say(f"resumed from {state['path']} at step {step}")
+    name = f"{raw.config.model_type} from {init_from}" if init_from else f"{cfg.arch}/{cfg.preset}"
     say(
-        f"pretrain {cfg.arch}/{cfg.preset}: {n_params / 1e6:.2f}M params, {acc.num_processes} process(es), "
+        f"pretrain {name}: {n_params / 1e6:.2f}M params, {acc.num_processes} process(es), "
         f"{precision}, {tokens_per_step} tokens/step on {hw}"
     )
 
@@ -387,13 +412,17 @@ def train(
         "num_processes": acc.num_processes,
         "replicas": _replicas(acc, raw, seen.hexdigest()),
         "mixed_precision": precision,
-        "arch": cfg.arch,
-        "preset": cfg.preset,
+        "arch": raw.config.model_type if init_from else cfg.arch,
+        "preset": None if init_from else cfg.preset,
     }
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         raw.save_pretrained(out_dir / "model", safe_serialization=True)
-        if tokenizer_dir is not None:
+        if tokenizer_dir is not None and (Path(tokenizer_dir) / "config.json").exists():
+            from transformers import AutoTokenizer  # a base model's folder: its tokenizer only
+
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir / "model")
+        elif tokenizer_dir is not None:
             for f in Path(tokenizer_dir).iterdir():
                 if f.is_file() and f.name != "manifest.json":
                     shutil.copy2(f, out_dir / "model" / f.name)
@@ -432,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(
             cfg, job["shards"], job["out"], job.get("checkpoints"), job.get("tokenizer"),
-            on_progress=progress, log=lambda m: print(m, flush=True),
+            on_progress=progress, log=lambda m: print(m, flush=True), init_from=job.get("init_from"),
         )  # fmt: skip
     except (ShardError, ckpt.CheckpointError, ValueError) as e:
         print(f"@@error {type(e).__name__}: {e}", flush=True)

@@ -10,7 +10,8 @@ Writes `metrics.json` (metrics, 95% CIs, per-group scores, sacrebleu signatures)
 Stats: {"metrics": {flat name -> number}, "ci": {name -> [lo, hi]}, n, name, ...}; the gate
 reads `metrics` and pairs `samples.jsonl` with the champion's by id.
 
-Generation is greedy (`model.generate.generate`) on the training prompt format. Bootstrap CIs
+Generation is greedy (`model.generate.generate`) on the training prompt format (the model's
+tokenizer's: llmflow's, or a foreign base model's own chat template). Bootstrap CIs
 use `config.seed`, so the same model and data give the same file.
 """
 
@@ -98,7 +99,8 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         out: list[str] = []
         step = max(cfg.batch_size, 1)
         for i in range(0, len(prompts), step):
-            out += generate(model, tokenizer, [render_prompt(p) for p in prompts[i : i + step]], **gen)
+            batch = [render_prompt(p, tokenizer) for p in prompts[i : i + step]]
+            out += generate(model, tokenizer, batch, **gen)
             ctx.progress(len(out), len(prompts), f"{what} {len(out)}/{len(prompts)}")
         return out
 
@@ -257,7 +259,7 @@ def _baselines(
         tokenizer.truncation_side = candidate_side  # the same prompts, cut the same way
         answers["base"] = []
         for i in range(0, len(prompts), gen["batch_size"]):
-            batch = [render_prompt(p) for p in prompts[i : i + gen["batch_size"]]]
+            batch = [render_prompt(p, tokenizer) for p in prompts[i : i + gen["batch_size"]]]
             answers["base"] += generate(base, tokenizer, batch, **gen)
             ctx.progress(
                 len(answers["base"]), len(prompts), f"base model {len(answers['base'])}/{len(prompts)}"

@@ -1,10 +1,11 @@
 """The `finetune` step: supervised fine-tuning of the pretrained base on the task data.
 
-Inputs: `base` (pretrain: `model/` with tokenizer files) and `task` (task_data: train.jsonl,
+Inputs: `base` (pretrain, or base_model for `finetune.base`: `model/` with tokenizer files) and `task` (task_data: train.jsonl,
 validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (load it with
 `model.adapters.load_finetuned(artifact_dir)`: merged for LoRA/full, base copy + adapter for
 prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
-`lineage.json` (base, data, config, code hash) for the registry. No file holds a wall-clock
+`lineage.json` (base, data, config, code hash; `base_model`: the checkpoint brought in, its hub
+revision and licence, when the base is or continues one) for the registry. No file holds a wall-clock
 figure or a local path (the training time is in the manifest's timings): the same key gives the
 same files in any home.
 
@@ -27,6 +28,7 @@ from llmflow import events
 from llmflow.step import StepContext
 from llmflow.store import StepRef
 from model import adapters, sft, sft_data
+from tasks.base_model import base_record
 from tasks.common import step_task
 
 VERSION = 2
@@ -56,7 +58,10 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     )  # fmt: skip
     stats = result.stats
     ctx.timings["seconds"] = stats.pop("seconds")
-    base_name = f"pretrain/{ctx.inputs['base'].key}/model"
+    base_ref = ctx.inputs["base"]
+    brought = base_record(ctx.store, base_ref)
+    hub_name = brought.get("hub") if brought is not None and base_ref.step == "base_model" else None
+    base_name = hub_name or f"{base_ref.step}/{base_ref.key}/model"  # never a local path
     adapters.save_finetuned(
         result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
     )
@@ -71,7 +76,10 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
                 f.write(json.dumps({**r, "split": split}) + "\n")
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))
     lineage = {
-        "base": {"step": "pretrain", "key": ctx.inputs["base"].key},
+        "base": {"step": base_ref.step, "key": base_ref.key},
+        "base_model": None
+        if brought is None
+        else {k: brought.get(k) for k in ("key", "source", "hub", "revision", "license", "model_type")},
         "data": {"step": "task_data", "key": ctx.inputs["task"].key},
         "config": cfg.model_dump(mode="json"),
         "code": {"llmflow": llmflow.__version__, "sha256": ctx.code},

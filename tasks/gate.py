@@ -309,6 +309,7 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
         "finetune_config": ft_lineage.get("config"),
         "code": ft_lineage.get("code"),
         "base_fingerprint": ft_lineage.get("base_fingerprint"),
+        "base_model": ft_lineage.get("base_model"),
     }
     model_path = str(model_dir / "model")
     before = reg.champion()

@@ -160,6 +160,14 @@ def _data_section(records: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _card_licence(licence: str | None) -> str:
+    """The card's `license:` for a fine-tune of a base under `licence`: the same identifier, or
+    "other" when the base's is not stated or not one identifier."""
+    if not licence or " " in licence or "," in licence:
+        return "other"
+    return licence
+
+
 def render_card(
     entry: dict[str, Any],
     evaluation: dict[str, Any] | None = None,
@@ -176,10 +184,12 @@ def render_card(
     languages = kept_languages(records.get("prepare"))
     metrics = entry.get("metrics") or evaluation.get("metrics") or {}
     cis = evaluation.get("ci") or {}
+    brought = lineage.get("base_model") or {}
     meta = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "license": "other",
+        "license": _card_licence(brought.get("license")) if brought else "other",
+        **({"base_model": brought["hub"]} if brought.get("hub") else {}),
         **({"language": languages} if languages else {}),
         "tags": ["llmflow", f"finetune-{cfg.get('method', 'unknown')}"],
         "model-index": [
@@ -204,7 +214,11 @@ def render_card(
         f"# {entry.get('name')} v{entry.get('version')}",
         "",
         (
-            "A small causal language model pretrained from scratch and fine-tuned by llmflow on a "
+            f"A causal language model built on `{brought.get('source')}`, "
+            + ("further pretrained and " if "pretrain" in arts else "")
+            + "fine-tuned by llmflow on a "
+            if brought
+            else "A small causal language model pretrained from scratch and fine-tuned by llmflow on a "
             if "pretrain" in arts
             else "A causal language model fine-tuned by llmflow on a "
         )
@@ -217,6 +231,19 @@ def render_card(
         f"- Fine-tuning method: {cfg.get('method', 'unknown')}",
         f"- Model files: `{entry.get('model_path')}` (load with `AutoModelForCausalLM.from_pretrained`, "
         "or `model.adapters.load_finetuned` for prompt tuning)",
+        *(
+            [
+                f"- Base model: `{brought.get('source')}`"
+                + (
+                    f" (hub revision `{brought['revision']}`)"
+                    if brought.get("revision")
+                    else " (a local directory)"
+                )
+                + f", {brought.get('model_type')} architecture, licence: {brought.get('license') or 'not stated by its card or config'}",
+            ]
+            if brought
+            else []
+        ),
         f"- Base model fingerprint: `{lineage.get('base_fingerprint')}`",
         f"- Code: `{json.dumps(lineage.get('code'))}`",
         "",

@@ -1,6 +1,7 @@
 """The `pack` step: encode the prepared splits into flat token shards for pretraining.
 
-Inputs: `data` (prepare: `<split>/part-*.parquet` with `text`) and `tokenizer` (`spm.model`).
+Inputs: `data` (prepare: `<split>/part-*.parquet` with `text`) and `tokenizer` (`spm.model`, or
+a `base_model` artifact: then its own Hugging Face tokenizer encodes, model/hf_tokens.py).
 Output, per split: `<split>.bin`, the token ids of every document each followed by eos (no bos),
 as one flat `uint16` array (`uint32` when the vocabulary exceeds 65,535); `<split>.idx.npy`, the
 int64 start offset of each document; and `meta.json` with dtype, vocab_size, the special ids and
@@ -24,6 +25,8 @@ import pyarrow.parquet as pq
 
 from llmflow.step import StepContext
 from model import tokenizer as tk
+from model.hf_tokens import HFEncoder
+from tasks.base_model import BASE_JSON
 from tasks.common import step_task
 from tasks.tokenizer import split_files
 
@@ -57,7 +60,12 @@ def count_rows(files: list[Path]) -> int:
 
 
 def pack_split(
-    encoder: tk.ParallelEncoder, files: list[Path], out: Path, split: str, batch_docs: int, progress=None
+    encoder: tk.ParallelEncoder | HFEncoder,
+    files: list[Path],
+    out: Path,
+    split: str,
+    batch_docs: int,
+    progress=None,
 ) -> dict:
     """Write `<split>.bin` and `<split>.idx.npy`; return {"tokens", "bytes", "documents"}."""
     total_rows = count_rows(files)
@@ -81,26 +89,37 @@ def pack_step(ctx: StepContext) -> dict:
     """Encode the train and validation splits into flat token shards on all cores."""
     cfg = ctx.config
     data = ctx.input_path("data")
-    model_file = ctx.input_path("tokenizer") / tk.MODEL_FILE
-    sp = tk.load(model_file)
-    vocab_size = sp.get_piece_size()
-    dtype = token_dtype(vocab_size)
     files = {s: split_files(data, s, required=(s == "train")) for s in SPLITS}
-    # no more processes than batches: a small corpus is not worth spawning a pool for
-    batches = sum(-(-count_rows(files[s]) // cfg.batch_docs) for s in SPLITS)
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, batches))
+    tok_path = ctx.input_path("tokenizer")
+    if (tok_path / BASE_JSON).exists():  # a base model's own tokenizer
+        hf = HFEncoder(tok_path / "model")  # a fast tokenizer uses every core by itself
+        vocab_size, specials, workers = hf.vocab_size, hf.special_ids(), 1
+        hf.dtype = dtype = token_dtype(vocab_size)
+        encoder: tk.ParallelEncoder | HFEncoder = hf
+    else:
+        model_file = tok_path / tk.MODEL_FILE
+        sp = tk.load(model_file)
+        vocab_size = sp.get_piece_size()
+        specials = {
+            "bos_id": sp.bos_id(),
+            "eos_id": sp.eos_id(),
+            "pad_id": sp.pad_id(),
+            "unk_id": sp.unk_id(),
+        }
+        dtype = token_dtype(vocab_size)
+        # no more processes than batches: a small corpus is not worth spawning a pool for
+        batches = sum(-(-count_rows(files[s]) // cfg.batch_docs) for s in SPLITS)
+        workers = max(1, min(cfg.workers or os.cpu_count() or 1, batches))
+        encoder = tk.ParallelEncoder(model_file, workers, dtype)
 
     meta: dict = {
         "dtype": dtype.name,
         "vocab_size": vocab_size,
-        "bos_id": sp.bos_id(),
-        "eos_id": sp.eos_id(),
-        "pad_id": sp.pad_id(),
-        "unk_id": sp.unk_id(),
+        **specials,
         "layout": "flat ids, eos after every document, no bos; idx.npy = document start offsets",
     }
     warnings = []
-    with tk.ParallelEncoder(model_file, workers, dtype) as enc:
+    with encoder as enc:
         for split in SPLITS:
             info = pack_split(enc, files[split], ctx.out, split, cfg.batch_docs, ctx.progress)
             meta[split] = info

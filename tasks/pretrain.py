@@ -1,6 +1,7 @@
 """The `pretrain` step: train the base model on packed token shards (model/train.py does the work).
 
-Inputs: `shards` (pack) and `tokenizer`. Output: `model/` (safetensors + tokenizer files, loadable
+Inputs: `shards` (pack) and `tokenizer`, plus `init` (a `base_model` artifact) when
+`pretrain.init_from` names a checkpoint to continue pretraining. Output: `model/` (safetensors + tokenizer files, loadable
 with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint), `metrics.json`,
 `loss.csv`, `loss.png` and a report with samples. The wall-clock figures (seconds, tokens/s, MFU,
 energy) go to the manifest's timings and the Prefect UI, not into the files: the same key gives
@@ -31,6 +32,7 @@ from llmflow import events
 from llmflow.config import PretrainConfig
 from llmflow.step import StepContext
 from llmflow.store import StepRef
+from tasks.base_model import tokenizer_dir
 from tasks.common import step_task
 
 VERSION = 1
@@ -131,7 +133,8 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
         shutil.rmtree(ctx.work_dir)
     cfg: PretrainConfig = ctx.config
-    shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
+    shards, tokenizer = ctx.input_path("shards"), tokenizer_dir(ctx.input_path("tokenizer"))
+    init = ctx.input_path("init") / "model" if "init" in ctx.inputs else None
     ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
@@ -140,6 +143,7 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         "out": str(ctx.out),
         "checkpoints": str(ckpts),
         "tokenizer": str(tokenizer),
+        "init_from": None if init is None else str(init),
     }
     if cfg.num_processes > 1:
         launch(job, cfg.num_processes, ctx)
@@ -147,7 +151,7 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     else:
         metrics = train(
             cfg, shards, ctx.out, ckpts, tokenizer,
-            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m),
+            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), init_from=init,
         )  # fmt: skip
     ctx.timings.update({k: metrics.pop(k) for k in TIMINGS})
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -156,7 +160,7 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     shutil.copytree(last, ctx.out / "checkpoints" / last.name)
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
 
-    plot_loss(ctx.out / "loss.csv", ctx.out / "loss.png", f"{cfg.arch}/{cfg.preset}: pretraining loss")
+    plot_loss(ctx.out / "loss.csv", ctx.out / "loss.png", f"{_title(cfg)}: pretraining loss")
     ctx.image(ctx.out / "loss.png", "loss-curve", "Pretraining loss and validation bits per byte")
     rows = samples(ctx.out / "model")
     (ctx.out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -172,12 +176,16 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     }
 
 
+def _title(cfg: PretrainConfig) -> str:
+    return f"continued from {cfg.init_from}" if cfg.init_from else f"{cfg.arch}/{cfg.preset}"
+
+
 def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) -> str:
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", "⏎")[:120]
 
     lines = [
-        f"# Pretraining: {cfg.arch}/{cfg.preset}",
+        f"# Pretraining: {_title(cfg)}",
         "",
         f"{m['params'] / 1e6:.2f}M parameters, {m['steps']} steps, {m['tokens']:,} tokens on "
         f"{m['hardware']} ({m['num_processes']} process(es), precision {m['mixed_precision']}).",

@@ -373,7 +373,7 @@ def test_mismatched_tokenizer_and_foreign_adapter_are_clear_errors(dirs, tmp_pat
     )
     with pytest.raises(ValueError, match="does not fit this base"):
         adapters.load_adapter(wide, tmp_path / "ft" / "adapter")
-    with pytest.raises(ValueError, match="not modules of this model"):
+    with pytest.raises(ValueError, match="are not modules of this llama model"):
         sft.finetune(dirs["base"], task_rows(4), [], cfg(target_modules=["query_key_value"]))
     with pytest.raises(ValueError, match="no usable training examples"):
         sft.finetune(dirs["base"], [{"id": 1, "prompt": "p", "response": ""}], [], cfg())

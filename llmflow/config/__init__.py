@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from llmflow.config.base import (
     MAX_BATCH,
@@ -45,13 +45,13 @@ from llmflow.config.data import (
 from llmflow.config.evaluation import ChangeThreshold, EvaluateConfig, GateConfig, NonInferiority, Threshold
 from llmflow.config.serving import ServeConfig
 from llmflow.config.tracking import TrackingConfig
-from llmflow.config.training import DPOConfig, FinetuneConfig, PretrainConfig
+from llmflow.config.training import BaseModelConfig, DPOConfig, FinetuneConfig, PretrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 __all__ = [
     "MAX_BATCH", "MAX_ITEMS", "MAX_PROCESSES", "MAX_SECONDS", "MAX_SEED", "MAX_STEPS", "MAX_TOKENS",
-    "ChangeThreshold", "ConfigError", "DPOConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
+    "BaseModelConfig", "ChangeThreshold", "ConfigError", "DPOConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
     "FinetuneConfig", "GateConfig", "IngestConfig", "InputError", "LangIdConfig", "MinHashConfig",
     "NonInferiority", "NormalizeConfig", "PackConfig", "PiiConfig", "PipelineConfig", "PrepareConfig",
     "PretrainConfig", "QualityConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
@@ -76,6 +76,20 @@ class PipelineConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="after")
+    def _one_base(self) -> PipelineConfig:
+        if self.pretrain.init_from and self.finetune.base:
+            raise ValueError(
+                "set pretrain.init_from (continue pretraining a checkpoint) or finetune.base "
+                "(fine-tune it without pretraining), not both"
+            )
+        return self
+
+    def base_model(self) -> BaseModelConfig | None:
+        """The `base_model` step's section: the checkpoint named by finetune.base or pretrain.init_from."""
+        source = self.finetune.base or self.pretrain.init_from
+        return BaseModelConfig(source=source) if source else None
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -96,6 +110,8 @@ def _format_validation_error(err: ValidationError) -> str:
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{loc}'"
+    if not first["loc"] and first["type"] == "value_error":  # a rule across sections says it all
+        return str(first["msg"]).removeprefix("Value error, ")
     return f"invalid value for '{loc}': {first['msg']}"
 
 

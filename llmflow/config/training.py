@@ -17,8 +17,25 @@ from llmflow.config.base import (
     Section,
 )
 
+BASE_MODEL_HELP = (
+    "A local model directory or a Hugging Face hub name (offline: from the local cache); its own "
+    "tokenizer and chat template are used throughout."
+)
+
+
+class BaseModelConfig(Section):
+    """The `base_model` step: a checkpoint brought from elsewhere (see model/hub.py)."""
+
+    source: str = Field(min_length=1, max_length=1000, description=BASE_MODEL_HELP)
+
 
 class PretrainConfig(Section):
+    init_from: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Continue pretraining this checkpoint instead of a fresh `preset` model. "
+        + BASE_MODEL_HELP,
+    )
     preset: str = Field(default="tiny", description="Architecture preset from model/presets.py.")
     arch: Literal["qwen3", "llama"] = Field(
         default="qwen3", description="transformers family (see benchmarks/RESULTS.md for the choice)."
@@ -74,14 +91,21 @@ class DPOConfig(Section):
 class FinetuneConfig(Section):
     """Supervised fine-tuning of the pretrained base on the task (see model/sft.py)."""
 
+    base: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Fine-tune this checkpoint and skip the tokenizer and pretraining. " + BASE_MODEL_HELP,
+    )
     method: Literal["lora", "prompt", "full"] = Field(
         default="lora", description="lora: low-rank adapters; prompt: prompt tuning; full: all weights."
     )
     lora_r: int = Field(default=16, ge=1, le=512)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="LoRA's layers by name; unset: every linear layer of the architecture "
+        "(nn.Linear or Conv1D, all but the output head).",
     )
     num_virtual_tokens: int = Field(default=16, ge=1, le=512)
     prompt_init_text: str = "Summarize the documented Python function in one line."
