@@ -88,11 +88,8 @@ def decoding(cfg) -> dict[str, Any]:
     if not cfg.mbr_samples:
         return {}
 
-    def utility(a: str, b: str) -> float:
-        return M.rouge([a], [b])[0]["rougeL"]
-
     return dict(
-        mbr_samples=cfg.mbr_samples, mbr_temperature=cfg.mbr_temperature, mbr_utility=utility, seed=cfg.seed
+        mbr_samples=cfg.mbr_samples, mbr_temperature=cfg.mbr_temperature, mbr_utility=M.rouge_l, seed=cfg.seed
     )
 
 
