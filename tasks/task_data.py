@@ -4,9 +4,9 @@ Sources:
 
 * `builtin:pydocs-summary` (default): every documented function or method of the standard
   library whose docstring opens with a one-line summary (first paragraph one line, at most
-  `max_summary_chars`) followed by a body. prompt = the docstring body (summary removed, cut to
-  `max_prompt_chars`) then the signature line (`prompt_format: signature_last`, the default;
-  `signature_first` puts it first); response = the summary; group = the module.
+  `max_summary_chars`) followed by a body. prompt = the signature line then the docstring body
+  (summary removed), cut to `max_prompt_chars` (`prompt_format: signature_last` puts the
+  signature after the body); response = the summary; group = the module.
 * a JSONL or Parquet file (or a folder/glob of them) with `prompt`/`response` fields, or chat
   `messages` ending with an assistant turn (response = that turn, prompt = the turns before it,
   the content alone for a single user turn, else `Role: content` paragraphs). An optional
