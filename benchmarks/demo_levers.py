@@ -34,7 +34,31 @@ LEVERS: dict[str, dict] = {
     "full-600-lr2e-3-right": {"method": "full", "lr": 2e-3, "max_steps": 600, "truncation_side": "right"},
     "full-300-lr4e-3": {"method": "full", "lr": 4e-3, "max_steps": 300},
     "full-1000-lr2e-3-right": {"method": "full", "lr": 2e-3, "max_steps": 1000, "truncation_side": "right"},
+    "full-400-lr2e-3": {"method": "full", "lr": 2e-3, "max_steps": 400},
+    "full-600-lr1e-3": {"method": "full", "lr": 1e-3, "max_steps": 600},
+    # prompt format: the docstring body first, the signature last (next to the answer, as in the
+    # pretraining documents, where the summary follows the signature)
+    "full-600-lr2e-3-siglast": {"method": "full", "lr": 2e-3, "max_steps": 600, "prompt_format": "sig_last"},
+    "full-400-lr2e-3-siglast": {"method": "full", "lr": 2e-3, "max_steps": 400, "prompt_format": "sig_last"},
+    "full-600-lr1e-3-siglast": {"method": "full", "lr": 1e-3, "max_steps": 600, "prompt_format": "sig_last"},
+    "full-600-lr2e-3-seed2-siglast": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 600,
+        "seed": 2,
+        "prompt_format": "sig_last",
+    },
+    "lora-300-siglast": {"max_steps": 300, "prompt_format": "sig_last"},
 }
+
+
+def sig_last(prompt: str) -> str:
+    """`def f(x):\n    body` -> `    body\ndef f(x):` (a prompt without a signature is kept)."""
+    head, _, body = prompt.partition("\n")
+    return f"{body}\n{head}" if head.startswith(("def ", "class ")) and body else prompt
+
+
+PROMPT_FORMATS = {"sig_last": sig_last}
 
 
 def main() -> None:
@@ -43,6 +67,7 @@ def main() -> None:
     ap.add_argument("--levers", default=",".join(LEVERS))
     ap.add_argument("--pretrain-steps", type=int, default=400)
     ap.add_argument("--demo-finetune-steps", type=int, default=60)
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides (upstream too)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo-levers.json"))
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -58,7 +83,7 @@ def main() -> None:
     from tasks import finetune as F
     from tasks import metrics as M
 
-    sets = [f"pretrain.max_steps={args.pretrain_steps}", "pretrain.max_seconds=null"]
+    sets = [f"pretrain.max_steps={args.pretrain_steps}", "pretrain.max_seconds=null", *args.set]
     cfg = load_config("demo", sets)
     store = ArtifactStore(args.home)
 
@@ -78,15 +103,46 @@ def main() -> None:
             (out / f"{split}.jsonl").write_text((task_dir / f"{src}.jsonl").read_text())
     val_task = store.ref("task_data", f"validation-as-test-{task.key[:16]}")
 
+    def task_variant(fmt: str):
+        """The task (and the validation-as-test task) with every prompt rendered by `fmt`."""
+        out_refs = []
+        for t, tag in ((task, "task"), (val_task, "val")):
+            key = f"{fmt}-{tag}-{task.key[:16]}"
+            with store.write("task_data", key, {"stats": task.stats}) as out:
+                for split in ("train", "validation", "test"):
+                    rows = [
+                        json.loads(x)
+                        for x in (store.local_path(t) / f"{split}.jsonl").read_text().splitlines()
+                    ]
+                    text = "".join(
+                        json.dumps({**r, "prompt": PROMPT_FORMATS[fmt](r["prompt"])}) + "\n" for r in rows
+                    )
+                    (out / f"{split}.jsonl").write_text(text)
+            out_refs.append(store.ref("task_data", key))
+        return out_refs
+
+    # the trivial baselines, always on the original prompts
+    from tasks import baselines as B
+
+    val_rows = [json.loads(x) for x in (task_dir / "validation.jsonl").read_text().splitlines()]
+    train_resp = [json.loads(x)["response"] for x in (task_dir / "train.jsonl").read_text().splitlines()]
+    base_answers = B.baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in val_rows], train_resp)
+    base_scores = {
+        b: [x["rougeL"] for x in M.rouge(a, [r["response"] for r in val_rows])]
+        for b, a in base_answers.items()
+    }
+
     results = {}
     for name in args.levers.split(","):
         over = dict(LEVERS[name])
+        fmt = over.pop("prompt_format", None)
+        ft_task, ev_task = task_variant(fmt) if fmt else (task, val_task)
         if name == "lora-demo":
             over = {"max_steps": args.demo_finetune_steps, "max_seconds": None}
         ft_cfg = cfg.finetune.model_copy(update={"max_seconds": None, **over})
         t1 = time.time()
         tuned = run_step(
-            "finetune", F.VERSION, F.finetune_step, ft_cfg, {"base": base, "task": task}, store=store
+            "finetune", F.VERSION, F.finetune_step, ft_cfg, {"base": base, "task": ft_task}, store=store
         )
         ft_seconds = time.time() - t1
         ev = run_step(
@@ -94,7 +150,7 @@ def main() -> None:
             E.VERSION,
             E.evaluate_step,
             cfg.evaluate.model_copy(update={"bias": False, "counterfactual_samples": 0}),
-            {"model": tuned, "base": base, "shards": refs["pack"], "task": val_task},
+            {"model": tuned, "base": base, "shards": refs["pack"], "task": ev_task},
             store=store,
             extra={"name": f"levers-{name}"},
         )
@@ -105,6 +161,7 @@ def main() -> None:
         refs_b = {
             b: [s["baselines"][b]["scores"]["rougeL"] for s in samples] for b in samples[0]["baselines"]
         }
+        refs_b.update(base_scores)  # the trivial baselines on the original prompts
         best = max((b for b in refs_b if b != "base"), key=lambda b: np.mean(refs_b[b]))
         vs_best = M.paired_lower_bound(cand, refs_b[best], 1000, 1234, 0.95)
         results[name] = {

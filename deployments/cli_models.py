@@ -189,10 +189,22 @@ def generate(
     ] = False,
     num: Annotated[int, typer.Option("--num", "-n", min=1, max=64, help="Number of samples.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    mbr: Annotated[
+        int,
+        typer.Option(
+            "--mbr",
+            min=0,
+            max=256,
+            help="With --temperature 0: minimum Bayes risk decoding over the greedy answer and N "
+            "samples (the decoding `evaluate.mbr_samples` measures).",
+        ),
+    ] = 0,
     home: HomeOpt = None,
     name: NameOpt = "llmflow",
 ) -> None:
     """Sample from a checkpoint: a registry version or alias, or any model directory."""
+    if mbr and temperature > 0:
+        fail("--mbr chooses among samples itself: use it with --temperature 0", code=2)
     path = Path(model)
     if not path.exists():
         from llmflow.registry import RegistryError
@@ -222,6 +234,7 @@ def generate(
         top_k=top_k,
         top_p=top_p,
         seed=seed,
+        mbr_samples=mbr,
     )
     for i, out in enumerate(outs):
         if num > 1:

@@ -258,6 +258,9 @@ def create_app(
             "top_p": req.top_p,
             "seed": req.seed,
         }
+        mbr = cfg.mbr_samples if req.mbr_samples is None else req.mbr_samples
+        if mbr and req.temperature == 0:
+            params["mbr_samples"] = mbr
         with champion.generate_lock:
             text = sample(model, tokenizer, [format_prompt(req.prompt, req.system, tokenizer)], **params)[0]
         gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})

@@ -21,6 +21,13 @@ class GenerateRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1, le=10_000)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    mbr_samples: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="With temperature 0: minimum Bayes risk decoding over the greedy answer and N "
+        "samples; default: the service's `serve.mbr_samples`.",
+    )
 
 
 class GenerateResponse(BaseModel):

@@ -76,9 +76,53 @@ def print_data_summary(stats: dict[str, Any]) -> None:
     console.print(table)
 
 
+def print_references(evaluate: dict[str, Any], gate: dict[str, Any]) -> None:
+    """The candidate next to the model before fine-tuning and the trivial baselines, on the same
+    held-out items: each metric, and the gate's paired gain with its one-sided lower bound."""
+    m, baselines = evaluate.get("metrics") or {}, evaluate.get("baselines") or {}
+    if not baselines:
+        return
+    refs = gate.get("references") or {}
+    conf = gate.get("confidence")
+    n = evaluate.get("n")
+    table = Table(title=f"the candidate against its reference points ({n} held-out items)")
+    for col in ("answer", "ROUGE-L", "BLEU", "chrF", "exact match"):
+        table.add_column(col, justify="left" if col == "answer" else "right")
+    table.add_column(f"ROUGE-L gain [{conf:.0%} lower bound]" if conf else "ROUGE-L gain", justify="right")
+    table.add_column("gate")
+
+    def cells(v: dict[str, Any]) -> list[str]:
+        return [
+            f"{v[k]:.4f}"
+            if k in ("rougeL", "exact_match")
+            else f"{v[k]:.2f}"
+            if isinstance(v.get(k), int | float)
+            else "?"
+            for k in ("rougeL", "bleu", "chrf", "exact_match")
+        ]
+
+    table.add_row("[bold]candidate[/]", *cells(m), "", "")
+    order = ["base"] + sorted(
+        (b for b in baselines if b != "base"), key=lambda b: -baselines[b].get("rougeL", 0)
+    )
+    for b in (b for b in order if b in baselines):
+        r = refs.get(b) or {}
+        gain = (
+            f"{r['diff']:+.4f} [{r['lower']:+.4f}]"
+            if isinstance(r.get("diff"), int | float) and isinstance(r.get("lower"), int | float)
+            else ""
+        )
+        verdict = "" if not r else "[green]beats[/]" if r.get("passed") else "[red]does not beat[/]"
+        label = "before fine-tuning" if b == "base" else f"baseline: {b}"
+        table.add_row(label, *cells(baselines[b]), gain, verdict)
+    console.print(table)
+
+
 def print_summary(summary: dict[str, Any], seconds: float, home: str, next_steps: bool = True) -> None:
     if "prepare" in summary and summary["prepare"]["status"] == "ran":
         print_data_summary(summary["prepare"].get("stats", {}))
+    if "evaluate" in summary:
+        print_references(summary["evaluate"].get("stats", {}), summary.get("gate", {}).get("stats", {}))
     table = Table(title="llmflow run", show_lines=False)
     table.add_column("step")
     table.add_column("status")

@@ -86,12 +86,17 @@ def generate(
     top_p: float | None = None,
     batch_size: int = 16,
     seed: int | None = None,
+    mbr_samples: int = 0,
+    mbr_temperature: float = 0.8,
+    mbr_utility=None,
 ) -> list[str]:
     """Continue each prompt; returns only the new text. temperature 0 = greedy.
 
     Prompts are left-padded in batches; one too long for the context is cut as
     `model.chat.fit_prompt` says (the tokenizer's `truncation_side`). Generation stops at
-    eos or the answer's end marker (`<|end|>`, or a foreign template's), a token or a text.
+    eos or the answer's end marker (`<|end|>`, or a foreign template's), a token or a text. With
+    `mbr_samples` N > 0 (and temperature 0), each answer is chosen by minimum Bayes risk
+    (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -122,8 +127,35 @@ def generate(
             pad_token_id=pad_id,
             **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
         )
-        for row in out[:, width:].tolist():
-            cut = next((k for k, t in enumerate(row) if t in stop_ids), len(row))
-            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-            outputs.append(text.split(stop_text[0], 1)[0] if stop_text else text)
+        answers = _decode(tokenizer, out[:, width:], stop_ids, stop_text)
+        if mbr_samples > 0 and not sampling:
+            from model.mbr import choose
+
+            drawn = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=mbr_temperature,
+                num_return_sequences=mbr_samples,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+                **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
+            )
+            samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)
+            answers = [
+                choose([a, *samples[j * mbr_samples : (j + 1) * mbr_samples]], mbr_utility)
+                for j, a in enumerate(answers)
+            ]
+        outputs += answers
     return outputs
+
+
+def _decode(tokenizer, rows: torch.Tensor, stop_ids: list[int], stop_text=None) -> list[str]:
+    """New tokens -> text, each row cut at its first stop id (and at a stop text, if any)."""
+    out = []
+    for row in rows.tolist():
+        cut = next((k for k, t in enumerate(row) if t in stop_ids), len(row))
+        text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+        out.append(text.split(stop_text[0], 1)[0] if stop_text else text)
+    return out

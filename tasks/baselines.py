@@ -6,10 +6,10 @@ gate's reference points, tasks/gate.py). Every task gets:
 - `constant`: one answer for every prompt: "Return the result." for `builtin:pydocs-summary`
   (the most common shape of a Python docstring summary), otherwise the most frequent response
   of the train split (ties: the shortest, then the first in sort order);
-- `first_sentence`: the first sentence of the prompt's text (after a leading signature line).
+- `first_sentence`: the first sentence of the prompt's text (without its signature line).
 
-A prompt that opens with a Python signature (`def name(...)`, `class Name(...)`, as in the
-built-in task) also gets:
+A prompt that opens or ends with a Python signature line (`def name(...)`, `class Name(...)`, as
+in the built-in task) also gets:
 
 - `name_words`: the function's name split into words, `read_file` -> "Read file.",
   `json.JSONDecoder.raw_decode` -> "Raw decode.".
@@ -39,10 +39,22 @@ def constant_answer(source: str, train_responses: Iterable[str]) -> str:
     return min(counts.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))[0]
 
 
+def _signature_line(prompt: str) -> tuple[int, re.Match[str]] | None:
+    """(index, match) of the prompt's signature line, else None: an unindented first line, else an
+    unindented last line (the built-in task indents every body line, so an example `def` inside
+    the docstring is never taken for the signature), else a first line indented or not."""
+    lines = prompt.split("\n")
+    for i, unindented in ((0, True), (len(lines) - 1, True), (0, False)):
+        m = _SIGNATURE.match(lines[i])
+        if m and (not unindented or not lines[i][:1].isspace()):
+            return i, m
+    return None
+
+
 def signature_name(prompt: str) -> str | None:
-    """The function or class name of a prompt that opens with a Python signature, else None."""
-    m = _SIGNATURE.match(prompt.split("\n", 1)[0])
-    return m.group(1).rsplit(".", 1)[-1] if m else None
+    """The function or class name of a prompt that opens or ends with a Python signature, else None."""
+    found = _signature_line(prompt)
+    return found[1].group(1).rsplit(".", 1)[-1] if found else None
 
 
 def name_words(prompt: str) -> str | None:
@@ -58,8 +70,10 @@ def name_words(prompt: str) -> str | None:
 
 
 def first_sentence(prompt: str) -> str:
-    """The first sentence of the prompt's text, after a leading signature line."""
-    text = prompt.split("\n", 1)[1] if signature_name(prompt) is not None and "\n" in prompt else prompt
+    """The first sentence of the prompt's text, without its signature line (first or last)."""
+    found = _signature_line(prompt)
+    lines = prompt.split("\n")
+    text = "\n".join(lines[: found[0]] + lines[found[0] + 1 :]) if found and len(lines) > 1 else prompt
     text = " ".join(text.split())
     return _SENTENCE_END.split(text, 1)[0] if text else ""
 

@@ -83,6 +83,23 @@ def load_model(model_dir: Path):
 # --------------------------------------------------------------------------- the step
 
 
+def decoding(cfg) -> dict[str, Any]:
+    """generate() arguments for the configured decoding: greedy, or MBR with ROUGE-L (the task
+    metric, scored exactly as the evaluation scores it) as the utility, seeded."""
+    if not cfg.mbr_samples:
+        return {}
+
+    return dict(
+        mbr_samples=cfg.mbr_samples, mbr_temperature=cfg.mbr_temperature, mbr_utility=M.rouge_l, seed=cfg.seed
+    )
+
+
+def _decoding_name(cfg) -> str:
+    if not cfg.mbr_samples:
+        return "greedy"
+    return f"MBR over greedy + {cfg.mbr_samples} samples at temperature {cfg.mbr_temperature:g} (ROUGE-L utility)"
+
+
 def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     """Evaluate the fine-tuned model: text metrics, bits per byte, bias and fairness."""
     from model.generate import generate
@@ -92,7 +109,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     name = (ctx.extra or {}).get("name", "llmflow")
     rows, skipped = read_test_rows(ctx.input_path("task"), cfg.max_samples)
     model, tokenizer = load_model(ctx.input_path("model"))
-    gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, **decoding(cfg))
     boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
 
     def generate_all(prompts: list[str], what: str) -> list[str]:
@@ -192,6 +209,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         "n": len(rows),
         "skipped": skipped,
         "bootstrap": boot,
+        "decoding": _decoding_name(cfg),
         "warnings": warnings,
     }
     ctx.timings.update(timer.seconds)
@@ -207,6 +225,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
         "skipped": skipped,
         "name": name,
         "signatures": signatures,
+        "decoding": _decoding_name(cfg),
     }
 
 

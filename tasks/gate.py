@@ -234,7 +234,10 @@ def decide(
         "values": {c["metric"]: c["value"] for c in checks if c["kind"] in ("value", "change")},
         "deltas": {c["metric"]: c.get("diff") for c in checks if c["kind"] == "change"},
         "references": {
-            c["reference"]: {k: c.get(k) for k in ("metric", "value", "other", "diff", "passed")}
+            c["reference"]: {
+                **{k: c.get(k) for k in ("metric", "value", "other", "diff", "passed")},
+                "lower": (c.get("paired") or {}).get("lower"),
+            }
             for c in checks
             if c["kind"] == "reference"
         },
@@ -356,6 +359,8 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
         "version": version,
         "reasons": decision["reasons"],
         "champion": decision["champion"],
+        "references": decision["references"],
+        "confidence": cfg.confidence,
         "name": name,
     }
 

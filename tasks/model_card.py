@@ -267,7 +267,7 @@ def render_card(
         "",
         "## Evaluation",
         "",
-        f"Held-out test split, {evaluation.get('n', '?')} samples, greedy decoding; 95% bootstrap "
+        f"Held-out test split, {evaluation.get('n', '?')} samples, {evaluation.get('decoding', 'greedy')} decoding; 95% bootstrap "
         f"CIs (seed {evaluation.get('bootstrap', {}).get('seed', '?')}).",
         "",
         "| metric | value | 95% CI |",

@@ -4,8 +4,9 @@ Sources:
 
 * `builtin:pydocs-summary` (default): every documented function or method of the standard
   library whose docstring opens with a one-line summary (first paragraph one line, at most
-  `max_summary_chars`) followed by a body. prompt = the signature line plus the docstring body
-  (summary removed), cut to `max_prompt_chars`; response = the summary; group = the module.
+  `max_summary_chars`) followed by a body. prompt = the signature line then the docstring body
+  (summary removed), cut to `max_prompt_chars` (`prompt_format: signature_last` puts the
+  signature after the body); response = the summary; group = the module.
 * a JSONL or Parquet file (or a folder/glob of them) with `prompt`/`response` fields, or chat
   `messages` ending with an assistant turn (response = that turn, prompt = the turns before it,
   the content alone for a single user turn, else `Role: content` paragraphs). An optional
@@ -95,8 +96,14 @@ def pydocs_examples(cfg: TaskDataConfig, rejects: list[dict[str, Any]]) -> Itera
                 if budget < MIN_BODY_CHARS:  # the signature alone would fill the prompt
                     rejects.append({"id": obj.qualname, "reason": "prompt_too_long", "group": mod.name})
                     continue
-                prompt = f"{obj.signature}\n{_cut(textwrap.indent(body, '    '), budget)}"
-                h = hashlib.sha256(f"{prompt}\0{summary}".encode()).hexdigest()[:10]
+                body_text = _cut(textwrap.indent(body, "    "), budget)
+                prompt = (
+                    f"{body_text}\n{obj.signature}"
+                    if cfg.prompt_format == "signature_last"
+                    else f"{obj.signature}\n{body_text}"
+                )
+                # the id does not depend on the prompt format: the same item in either layout
+                h = hashlib.sha256(f"{obj.signature}\n{body_text}\0{summary}".encode()).hexdigest()[:10]
                 yield Example(f"{obj.qualname}#{h}", prompt, summary, mod.name, key=f"{body}\0{summary}")
 
 

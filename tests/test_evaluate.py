@@ -225,3 +225,26 @@ def test_bad_inputs_are_clear_errors(store, tok_dir, tmp_path):
         )
     assert not store.exists("evaluate", "anything") and store.list("evaluate") == []
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_mbr_decoding_is_recorded_and_applies_to_the_base_model_too(store, tok_dir):
+    cfg = CFG.model_copy(update={"mbr_samples": 3, "bias": False, "counterfactual_samples": 0})
+    ref = run_step("evaluate", E.VERSION, E.evaluate_step, cfg, _inputs(store, tok_dir, _rows()), store=store)
+    doc = json.loads((store.local_path(ref) / "metrics.json").read_text())
+    assert (
+        doc["decoding"].startswith("MBR over greedy + 3 samples") and ref.stats["decoding"] == doc["decoding"]
+    )
+    again = run_step(
+        "evaluate", E.VERSION, E.evaluate_step, cfg, _inputs(store, tok_dir, _rows()), store=store, force=True
+    )
+    first = (store.local_path(ref) / "samples.jsonl").read_text()
+    assert (store.local_path(again) / "samples.jsonl").read_text() == first  # seeded: repeatable
+    greedy = run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        cfg.model_copy(update={"mbr_samples": 0}),
+        _inputs(store, tok_dir, _rows()),
+        store=store,
+    )
+    assert json.loads((store.local_path(greedy) / "metrics.json").read_text())["decoding"] == "greedy"

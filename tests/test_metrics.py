@@ -23,6 +23,17 @@ def test_rouge_known_vectors():
     assert s["rouge1"] == pytest.approx(2 * (3 / 4) * 1.0 / (3 / 4 + 1.0))
 
 
+def test_pairwise_rouge_l_equals_the_corpus_scorer():
+    pairs = [
+        ("the cats are running", "The cat runs"),
+        ("Return the sum.\nOf all items", "return a sum of items"),
+        ("Привет мир", "привет, мир!"),
+        ("", "anything"),
+    ]
+    for pred, ref in pairs:
+        assert M.rouge_l(pred, ref) == M.rouge([pred], [ref])[0]["rougeL"]
+
+
 def test_unicode_tokenizer_equals_default_on_ascii():
     default = rouge_scorer.RougeScorer(list(M.ROUGE_TYPES), use_stemmer=True)
     pairs = [

@@ -123,6 +123,11 @@ def test_generate_model_and_health(make, models):
         "retrain": {"enabled": True, "reason": "the test captures the events"},
     }
     assert source.calls == 1  # polled cheaply: not once per request within the interval
+    # MBR decoding on request (the decoding evaluate.mbr_samples measures): seeded, repeatable
+    mbr = {"prompt": "def add(a, b): return a + b", "max_new_tokens": 6, "mbr_samples": 3, "seed": 5}
+    one, two = client.post("/generate", json=mbr), client.post("/generate", json=mbr)
+    assert one.status_code == 200 and one.json()["text"] == two.json()["text"]
+    assert client.post("/generate", json={**mbr, "mbr_samples": 65}).status_code == 422
     sampled = client.post("/generate", json={"prompt": "x", "temperature": 0.9, "top_p": 0.9, "seed": 3})
     assert sampled.status_code == 200
 

@@ -43,15 +43,29 @@ def test_pydocs_summary_examples(pydocs_run):
     kept = [r for s in SPLITS for r in rows[s]]
     assert len(kept) == 400 == ref.stats["train"] + ref.stats["validation"] + ref.stats["test"]
     assert ref.stats["available"] > 1000 and all(ref.stats[s] > 0 for s in SPLITS)
+    assert cfg.prompt_format == "signature_first"  # the default: the signature, then the body
     for r in kept:
         assert set(r) == {"id", "prompt", "response", "group"}
-        assert r["prompt"].startswith(("def ", "async def ")) and len(r["prompt"]) <= cfg.max_prompt_chars
-        assert r["response"] and "\n" not in r["response"] and len(r["response"]) <= 120
         lines = r["prompt"].split("\n")
+        assert lines[0].startswith(("def ", "async def ")) and len(r["prompt"]) <= cfg.max_prompt_chars
+        assert all(line.startswith("    ") for line in lines[1:] if line)  # the body is indented
+        assert r["response"] and "\n" not in r["response"] and len(r["response"]) <= 120
         assert len(lines) >= 2 and lines[1].strip() and lines[1].strip() != r["response"]  # body, not summary
-        assert r["prompt"].split("(")[0].split()[-1].startswith(r["group"] + ".")
+        assert lines[0].split("(")[0].split()[-1].startswith(r["group"] + ".")
     assert len({r["prompt"] for r in kept}) == len(kept)
     assert len({r["id"] for r in kept}) == len(kept)
+
+
+def test_signature_last_is_the_same_task_in_another_order(pydocs_run, tmp_path):
+    cfg, _, ref = pydocs_run
+    last_cfg = cfg.model_copy(update={"prompt_format": "signature_last"})
+    last = load(run_step("task_data", 1, task_data_step, last_cfg, store=ArtifactStore(tmp_path)))
+    first = load(ref)
+    for s in SPLITS:
+        assert [r["response"] for r in first[s]] == [r["response"] for r in last[s]]
+        for a, b in zip(first[s], last[s], strict=True):
+            head, body = a["prompt"].split("\n", 1)
+            assert head.startswith(("def ", "async def ")) and b["prompt"] == f"{body}\n{head}"
 
 
 def test_splits_are_disjoint_by_group_and_deterministic(pydocs_run, tmp_path):

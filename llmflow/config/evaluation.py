@@ -21,6 +21,15 @@ class EvaluateConfig(Section):
         default=200, ge=1, le=MAX_ITEMS, description="Test examples to generate for (the first N)."
     )
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    mbr_samples: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="0 = greedy answers; N > 0 = minimum Bayes risk decoding (model/mbr.py): each answer "
+        "is the one among the greedy answer and N samples that agrees most with the others (ROUGE-L). "
+        "The model before fine-tuning is decoded the same way.",
+    )
+    mbr_temperature: float = Field(default=0.8, gt=0.0, le=5.0, description="Sampling temperature for MBR.")
     batch_size: int = Field(default=16, ge=1, le=MAX_BATCH, description="Generation and scoring batch size.")
     bpb_batches: int = Field(
         default=16, ge=1, le=MAX_ITEMS, description="Validation batches for bits per byte."

@@ -43,6 +43,14 @@ class ServeConfig(Section):
     )
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Largest max_new_tokens accepted.")
     default_new_tokens: int = Field(default=64, ge=1, le=8192, description="When a request names none.")
+    mbr_samples: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="POST /generate with temperature 0: minimum Bayes risk decoding over the greedy answer "
+        "and N samples (model/mbr.py), the decoding `evaluate.mbr_samples` measures; 0 = greedy. "
+        "A request's `mbr_samples` overrides it. The /v1 API decodes as OpenAI's parameters say.",
+    )
     max_batch_size: int = Field(
         default=8,
         ge=1,
