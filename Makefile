@@ -12,19 +12,25 @@ TORCH_INDEX ?=
 PRESET ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv venv-core demo test lint format bench clean
 
+# venv-core: what the pipeline needs (make demo); venv: that plus the test and benchmark tools.
+venv-core: $(VENV)/.installed-core
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-core: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-core
 	$(PIP) install -q -e ".[dev]"
 	@touch $@
 
 # Exit code 3 is the gate rejecting the model: the demo ran end to end and printed why.
-demo: venv
+demo: venv-core
 	@$(VENV)/bin/llmflow run --config $(PRESET); rc=$$?; \
 	if [ $$rc -eq 3 ]; then echo "demo: the pipeline ran end to end; the gate rejected the model (reasons above)."; \
 	else exit $$rc; fi
