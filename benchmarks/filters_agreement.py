@@ -10,8 +10,9 @@ For each reference filter with its defaults (`GopherQualityFilter`, `GopherRepet
 rules switched off), it counts the documents where both say keep or both say drop. datatrove runs
 twice: as shipped (English words are spaCy tokens, punctuation included) and with words =
 `str.split` (datatrove's filter code unchanged, only its word tokenizer swapped), so the second
-column is the agreement once the one named tokenizer choice is taken out. C4 counts words by
-`str.split` itself; only its sentence count uses spaCy, so C4 runs once.
+column is the agreement once the one named tokenizer choice is taken out; a third column compares
+llmflow with `quality.words: spacy` against datatrove as shipped. C4 counts words by `str.split`
+itself; only its sentence count uses spaCy, so datatrove's C4 runs once.
 """
 
 from __future__ import annotations
@@ -131,44 +132,48 @@ def keeps(flt, doc_id: str, text: str) -> bool:
 
 
 def run(docs: list[tuple[str, str]]) -> dict:
-    ours = QualityFilter(QualityConfig())
-    modes = {"spacy": "en", "split": SplitWords()}
+    """Per rule: llmflow (default words) vs datatrove as shipped ("spacy") and with split words
+    ("split"); llmflow with `quality.words: spacy` vs datatrove as shipped ("llmflow_spacy")."""
+    ours = {
+        "whitespace": QualityFilter(QualityConfig()),
+        "spacy": QualityFilter(QualityConfig(words="spacy")),
+    }
+    langs = {"spacy": "en", "split": SplitWords()}
+    columns = {
+        "spacy": ("whitespace", "spacy"),
+        "split": ("whitespace", "split"),
+        "llmflow_spacy": ("spacy", "spacy"),
+    }
     filters = {
-        (mode, i): cls(**(kw or {}), language=lang)
-        for mode, lang in modes.items()
+        (lang, i): cls(**(kw or {}), language=tok)
+        for lang, tok in langs.items()
         for i, (_, _, _, cls, kw) in enumerate(RULES)
-        if mode == "spacy" or cls in TOKENIZED
+        if lang == "spacy" or cls in TOKENIZED
     }
-    tally: dict[tuple[str, int], dict] = {
-        k: {
-            "both_keep": 0,
-            "both_drop": 0,
-            "only_llmflow_drops": 0,
-            "only_reference_drops": 0,
-            "examples": [],
-        }
-        for k in filters
-    }
+    zero = {"both_keep": 0, "both_drop": 0, "only_llmflow_drops": 0, "only_reference_drops": 0}
+    tally = {(col, i): {**zero, "examples": []} for col in columns for i in range(len(RULES))}
     for doc_id, text in docs:
-        v = ours.verdicts(ours.signals(text))
-        for (mode, i), flt in filters.items():
-            mine = all(v[r] for r in RULES[i][2] if r in v)
-            ref = keeps(flt, doc_id, text)
-            t = tally[(mode, i)]
-            if mine == ref:
-                key = "both_keep" if ref else "both_drop"
-            else:
-                key = "only_llmflow_drops" if ref else "only_reference_drops"
+        mine = {w: f.verdicts(f.signals(text)) for w, f in ours.items()}
+        ref = {k: keeps(flt, doc_id, text) for k, flt in filters.items()}
+        for (col, i), t in tally.items():
+            words, lang = columns[col]
+            a = all(mine[words][r] for r in RULES[i][2] if r in mine[words])
+            b = ref.get((lang, i), ref[("spacy", i)])  # C4 runs once (words do not matter to it)
+            key = (
+                ("both_keep" if b else "both_drop")
+                if a == b
+                else ("only_llmflow_drops" if b else "only_reference_drops")
+            )
             t[key] += 1
-            if mine != ref and len(t["examples"]) < 5:
+            if a != b and len(t["examples"]) < 5:
                 t["examples"].append(doc_id)
     rows = []
     for i, (family, label, ours_rules, cls, _) in enumerate(RULES):
         row = {"family": family, "rule": label, "llmflow_rules": list(ours_rules), "reference": cls.__name__}
-        for mode in modes:
-            t = tally.get((mode, i)) or tally[("spacy", i)]
-            n = sum(t[k] for k in ("both_keep", "both_drop", "only_llmflow_drops", "only_reference_drops"))
-            row[mode] = {**t, "agreement": round((t["both_keep"] + t["both_drop"]) / n, 4)}
+        for col in columns:
+            t = tally[(col, i)]
+            n = sum(t[k] for k in zero)
+            row[col] = {**t, "agreement": round((t["both_keep"] + t["both_drop"]) / n, 4)}
         rows.append(row)
     return {"docs": len(docs), "rules": rows}
 
@@ -192,13 +197,17 @@ def main() -> None:
     )  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    print(f"{res['docs']} documents; agreement with datatrove (as shipped: spaCy words | words = str.split)")
-    print(f"{'family':<18} {'rule':<26} {'spaCy':>7} {'split':>7}  drops llmflow/reference (split)")
+    print(f"{res['docs']} documents; agreement with datatrove: llmflow default vs datatrove as shipped")
+    print("(spaCy words) and with words = str.split; llmflow `words: spacy` vs datatrove as shipped")
+    print(
+        f"{'family':<18} {'rule':<26} {'shipped':>8} {'split':>7} {'w=spacy':>8}  drops llmflow/ref (shipped)"
+    )
     for r in res["rules"]:
-        s = r["split"]
+        s = r["spacy"]
         drops = (s["both_drop"] + s["only_llmflow_drops"], s["both_drop"] + s["only_reference_drops"])
         print(
-            f"{r['family']:<18} {r['rule']:<26} {r['spacy']['agreement']:>7.1%} {s['agreement']:>7.1%}  {drops}"
+            f"{r['family']:<18} {r['rule']:<26} {s['agreement']:>8.1%} {r['split']['agreement']:>7.1%} "
+            f"{r['llmflow_spacy']['agreement']:>8.1%}  {drops}"
         )
 
 

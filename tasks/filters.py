@@ -105,7 +105,7 @@ class QualityFilter:
         ]
 
     def signals(self, text: str) -> dict[str, float]:
-        sig = quality_signals(text)
+        sig = quality_signals(text, self.cfg.words)
         if self.c4:
             sig.update(c4_signals(text, self.cfg))
         return sig

@@ -9,12 +9,15 @@
 * C4's sentence count is a regex approximation of spaCy's sentencizer;
 * C4's line rules decide which lines count, but the document text is not rewritten.
 
-`quality_signals(text)` is pure and cfg-free; `c4_signals(text, cfg)` depends on the C4 line options.
+`quality.words: spacy` undoes the first three: words, stop words and sentences as datatrove
+counts them, with spaCy's English tokenizer (optional dependency, about four times slower).
+`quality_signals(text, words)` is pure; `c4_signals(text, cfg)` also reads the C4 line options.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import numpy as np
 
@@ -43,8 +46,7 @@ C4_POLICY = (
     "use of cookies",
     "use cookies",
 )
-_SYMBOL_WORD = re.compile("(?<!\\S)[" + re.escape(PUNCTUATION) + "]+(?!\\S)")
-_ALPHA_WORD = re.compile(r"\S*?[^\W\d_]\S*")  # a whitespace-delimited word holding a letter
+_SYMBOLS = PUNCTUATION + "".join(TERMINAL_PUNCTUATION)  # a word of only these is a symbol word
 _STOP_HASHES = token_hashes(sorted(STOP_WORDS))
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
@@ -119,35 +121,68 @@ def repetition_signals(text: str, words: list[str]) -> dict[str, float]:
     return out
 
 
-def quality_signals(text: str) -> dict[str, float]:
-    """Every number the Gopher and FineWeb rules read. Pure; cost is linear in the text."""
-    words = text.split()
-    n_words = len(words)
-    symbols = _SYMBOL_WORD.findall(text)
+@lru_cache(maxsize=1)
+def _spacy_english():
+    import spacy  # optional: only for `quality.words: spacy`
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def spacy_words(text: str) -> list[str]:
+    """spaCy's English tokens, stripped, blanks dropped: datatrove's English `split_into_words`."""
+    nlp = _spacy_english()
+    nlp.max_length = len(text) + 10
+    with nlp.memory_zone():
+        return [w for w in (t.text.strip() for t in nlp.tokenizer(text)) if w]
+
+
+def spacy_sentences(line: str) -> int:
+    """Sentences of spaCy's sentencizer: datatrove's English `split_into_sentences`."""
+    nlp = _spacy_english()
+    nlp.max_length = len(line) + 10
+    with nlp.memory_zone():
+        return max(len(list(nlp(line).sents)), 1)
+
+
+def split_words(text: str, words: str = "whitespace") -> list[str]:
+    return spacy_words(text) if words == "spacy" else text.split()
+
+
+def quality_signals(text: str, words: str = "whitespace") -> dict[str, float]:
+    """Every number the Gopher and FineWeb rules read. Pure; cost is linear in the text.
+    `words`: "whitespace" (`str.split`) or "spacy" (datatrove's English tokens)."""
+    ws = split_words(text, words)
+    n_words = len(ws)
+    symbols = [w for w in ws if not w.strip(_SYMBOLS)]
     n_real = n_words - len(symbols)
     lines = text.splitlines() or [""]
-    _, h = text_tokens(text)
-    stops = h[np.isin(h, _STOP_HASHES)] if len(h) else h
+    if words == "spacy":  # datatrove: exact, case-sensitive tokens
+        n_stop = len(STOP_WORDS.intersection(ws))
+    else:  # lowercase \w+ tokens (shared with dedup): "The" and "the," count
+        _, h = text_tokens(text)
+        n_stop = len(np.unique(h[np.isin(h, _STOP_HASHES)])) if len(h) else 0
     hashes = text.count("#") / n_words if n_words else 0.0
     ellipses = (text.count("...") + text.count("…")) / n_words if n_words else 0.0
     fw_lines = [ln for ln in text.split("\n") if ln.strip()] or [""]
     sig = {
         "words": float(n_real),
-        "mean_word_length": (sum(map(len, words)) - sum(map(len, symbols))) / n_real if n_real > 0 else 0.0,
+        "mean_word_length": (sum(map(len, ws)) - sum(map(len, symbols))) / n_real if n_real > 0 else 0.0,
         "hash_word_ratio": hashes,
         "ellipsis_word_ratio": ellipses,
         "symbol_word_ratio": max(hashes, ellipses),
         "bullet_lines_ratio": sum(1 for ln in lines if ln.lstrip().startswith(BULLETS)) / len(lines),
         "ellipsis_lines_ratio": sum(1 for ln in lines if ln.rstrip().endswith(("...", "…"))) / len(lines),
-        "alpha_words_ratio": len(_ALPHA_WORD.findall(text)) / n_words if n_words else 0.0,
-        "stop_words": float(len(np.unique(stops))),
+        "alpha_words_ratio": sum(1 for w in ws if any(map(str.isalpha, w))) / n_words if n_words else 0.0,
+        "stop_words": float(n_stop),
         # FineWeb: non-blank lines as written (not stripped)
         "line_punct_ratio": sum(1 for ln in fw_lines if ln.endswith(TERMINAL_PUNCTUATION)) / len(fw_lines),
         "short_line_ratio": sum(1 for ln in fw_lines if len(ln) <= 30) / len(fw_lines),
         "fineweb_dup_line_char_frac": find_duplicates(fw_lines)[1] / max(len(text.replace("\n", "")), 1),
         "list_ratio": text.count("\n") / max(n_words, 1),
     }
-    sig.update(repetition_signals(text, words))
+    sig.update(repetition_signals(text, ws))
     return sig
 
 
@@ -183,5 +218,5 @@ def c4_signals(text: str, c: QualityConfig) -> dict[str, float]:
             curly = 1.0
         if c.c4_policy and any(p in low for p in C4_POLICY):
             continue
-        sentences += count_sentences(line)
+        sentences += spacy_sentences(line) if c.words == "spacy" else count_sentences(line)
     return {"lorem_ipsum": lorem, "curly_bracket": curly, "c4_sentences": float(sentences)}
