@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -131,32 +131,39 @@ def keeps(flt, doc_id: str, text: str) -> bool:
     return res if isinstance(res, bool) else bool(res[0])
 
 
-def run(docs: list[tuple[str, str]]) -> dict:
-    """Per rule: llmflow (default words) vs datatrove as shipped ("spacy") and with split words
-    ("split"); llmflow with `quality.words: spacy` vs datatrove as shipped ("llmflow_spacy")."""
+COLUMNS = {
+    "spacy": ("whitespace", "spacy"),
+    "split": ("whitespace", "split"),
+    "llmflow_spacy": ("spacy", "spacy"),
+}
+ZERO = {"both_keep": 0, "both_drop": 0, "only_llmflow_drops": 0, "only_reference_drops": 0}
+
+
+def tally_chunk(docs: list[tuple[str, str]]) -> dict:
+    """Per rule and column, the four verdict counts over `docs` (one worker's share)."""
+    import warnings
+
+    from loguru import logger
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # datatrove: mean of no words
+    logger.remove()  # datatrove logs every filter construction
     ours = {
         "whitespace": QualityFilter(QualityConfig()),
         "spacy": QualityFilter(QualityConfig(words="spacy")),
     }
     langs = {"spacy": "en", "split": SplitWords()}
-    columns = {
-        "spacy": ("whitespace", "spacy"),
-        "split": ("whitespace", "split"),
-        "llmflow_spacy": ("spacy", "spacy"),
-    }
     filters = {
         (lang, i): cls(**(kw or {}), language=tok)
         for lang, tok in langs.items()
         for i, (_, _, _, cls, kw) in enumerate(RULES)
         if lang == "spacy" or cls in TOKENIZED
     }
-    zero = {"both_keep": 0, "both_drop": 0, "only_llmflow_drops": 0, "only_reference_drops": 0}
-    tally = {(col, i): {**zero, "examples": []} for col in columns for i in range(len(RULES))}
+    tally = {(col, i): {**ZERO, "examples": []} for col in COLUMNS for i in range(len(RULES))}
     for doc_id, text in docs:
         mine = {w: f.verdicts(f.signals(text)) for w, f in ours.items()}
         ref = {k: keeps(flt, doc_id, text) for k, flt in filters.items()}
         for (col, i), t in tally.items():
-            words, lang = columns[col]
+            words, lang = COLUMNS[col]
             a = all(mine[words][r] for r in RULES[i][2] if r in mine[words])
             b = ref.get((lang, i), ref[("spacy", i)])  # C4 runs once (words do not matter to it)
             key = (
@@ -167,12 +174,30 @@ def run(docs: list[tuple[str, str]]) -> dict:
             t[key] += 1
             if a != b and len(t["examples"]) < 5:
                 t["examples"].append(doc_id)
+    return tally
+
+
+def run(docs: list[tuple[str, str]], workers: int) -> dict:
+    """Per rule: llmflow (default words) vs datatrove as shipped ("spacy") and with split words
+    ("split"); llmflow with `quality.words: spacy` vs datatrove as shipped ("llmflow_spacy")."""
+    chunks = [docs[k::workers] for k in range(workers)]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(tally_chunk, chunks)
+    else:
+        parts = [tally_chunk(docs)]
+    tally = parts[0]
+    for part in parts[1:]:
+        for k, t in part.items():
+            for c in ZERO:
+                tally[k][c] += t[c]
+            tally[k]["examples"] = (tally[k]["examples"] + t["examples"])[:5]
     rows = []
     for i, (family, label, ours_rules, cls, _) in enumerate(RULES):
         row = {"family": family, "rule": label, "llmflow_rules": list(ours_rules), "reference": cls.__name__}
-        for col in columns:
+        for col in COLUMNS:
             t = tally[(col, i)]
-            n = sum(t[k] for k in zero)
+            n = sum(t[k] for k in ZERO)
             row[col] = {**t, "agreement": round((t["both_keep"] + t["both_drop"]) / n, 4)}
         rows.append(row)
     return {"docs": len(docs), "rules": rows}
@@ -182,15 +207,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, help="JSONL with id, text (make-bench-corpus.py)")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="processes (verdicts do not depend on it)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "filters-agreement.json"))
     args = ap.parse_args()
-    warnings.filterwarnings("ignore", category=RuntimeWarning)  # datatrove: mean of no words
-    from loguru import logger
-
-    logger.remove()  # datatrove logs every filter construction
     docs = load(args.corpus, args.limit)
     t0 = time.time()
-    res = run(docs)
+    res = run(docs, args.workers)
     res.update(
         corpus=os.path.basename(args.corpus), datatrove=version("datatrove"), spacy=version("spacy"),
         seconds=round(time.time() - t0, 1), loadavg=os.getloadavg(),
