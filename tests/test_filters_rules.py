@@ -9,6 +9,7 @@ import pytest
 from llmflow.config import QualityConfig
 from tasks.filters import QualityFilter
 from tasks.quality_signals import count_sentences
+from tests.prereq import skip_missing
 
 # 60 distinct 5-letter words, no stop word, no punctuation: passes every Gopher quality rule but
 # the stop-word one, and repeats nothing.
@@ -142,3 +143,20 @@ def test_fineweb_rules():
         [f"unique line number {i} of this text." for i in range(60)] + ["unique line number 0 of this text."]
     )
     assert "fineweb_dup_line_chars" in failed(dup)  # 34 / ~2,100 chars = 1.6%
+
+
+def test_spacy_words_count_punctuation_as_datatrove_does():
+    try:
+        import spacy  # noqa: F401
+    except ImportError:
+        skip_missing("spaCy (quality.words: spacy)", "pip install 'llmflow[bench]'")
+    # datatrove's English words are spaCy tokens: "Hello, world." is Hello , world . (4 words,
+    # 2 with a letter); whitespace words: "Hello," "world." (2 words, both with a letter).
+    text = "Hello, world. " * 30
+    f = QualityFilter(QualityConfig(words="spacy"))
+    s = f.signals(text)
+    assert s["alpha_words_ratio"] == 0.5 and s["words"] == 60  # symbol-only tokens do not count
+    assert QualityFilter(QualityConfig()).signals(text)["alpha_words_ratio"] == 1.0
+    # stop words: exact tokens, as datatrove ("The" is not "the")
+    assert f.signals(FILL + " The OF")["stop_words"] == 0
+    assert f.signals(FILL + " the of.")["stop_words"] == 2  # spaCy splits the full stop off
