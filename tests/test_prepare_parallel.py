@@ -47,8 +47,7 @@ def sources(tmp_path_factory):
     web += [web[2].upper(), "Too short to keep."]  # an exact duplicate across shards, a reject
     near = web[5].split()
     near[10] = "changed"
-    # prose(113) repeats 10-grams over 10.09% of its characters: Gopher's repetition rule drops it
-    books = [prose(100 + i) for i in range(17) if i != 13] + [web[7], " ".join(near)]  # cross-source dups
+    books = [prose(100 + i) for i in range(16)] + [web[7], " ".join(near)]  # cross-source dups
     books.append(prose(77) + "\nthe secret test answer is forty two and nobody should train on this sentence")
     task = [
         {"prompt": f"Question {i}?", "response": f"answer number {i} is given here in words"}
