@@ -149,7 +149,11 @@ def process_table(
         try:
             row = pipe(text)
         except Rejected as r:
-            rej.append(reject_row(doc_id, source, r.reason, meta, text if isinstance(text, str) else "", value=r.value))
+            rej.append(
+                reject_row(
+                    doc_id, source, r.reason, meta, text if isinstance(text, str) else "", value=r.value
+                )
+            )
             continue
         pii.update(row.pop("pii_counts"))
         row.update(id=doc_id, source=source, meta=meta)

@@ -13,7 +13,8 @@ GOOD = (
     "When a key is missing, the default is used so that every option has a value. "
     "Errors in the file are reported with the line number where they occur, and the parser "
     "stops at the first error to keep the messages short. Comments start with a hash sign "
-    "and are ignored, as are blank lines between the sections of the file."
+    "and are ignored, as are blank lines between the sections of the file. The result is a "
+    "plain dictionary."
 )
 
 
@@ -37,21 +38,25 @@ def test_each_rule_reports_its_value():
     keep, reason, value, _ = f("too short")
     assert (keep, reason, value) == (False, "filter:gopher_min_words", 2.0)
     keep, reason, value, _ = f(("# " * 10 + GOOD + "\n") * 1)
-    assert reason == "filter:gopher_symbol_word_ratio" and value > 0.1
+    assert reason == "filter:gopher_hash_ratio" and value > 0.1
     keep, reason, _, _ = f("\n".join(["the same line repeated here and that is bad"] * 30))
     assert reason in ("filter:gopher_dup_lines", "filter:gopher_dup_line_chars")
     keep, reason, _, _ = f(" ".join(["1234 5678 9012 ++ --"] * 40) + " the and")
     assert reason in ("filter:gopher_mean_word_length", "filter:gopher_alpha_words")
     keep, reason, _, _ = f(GOOD + " Lorem ipsum dolor sit amet.")
     assert reason == "filter:c4_lorem_ipsum"
+    assert f(GOOD)[0]
 
 
 def test_repetition_signals():
     rep = " ".join(["alpha beta gamma delta epsilon"] * 20)
     s = quality_signals(rep)
-    assert s["dup_5gram_char_frac"] > 0.9 and s["top_2gram_char_frac"] > 0.3
+    # 19 repeats of the 26 letters of a 5-gram, over the 619 characters of the text
+    assert s["dup_5gram_char_frac"] == 19 * 26 / 619 and s["top_2gram_char_frac"] > 0.3
     s = quality_signals(GOOD)
-    assert s["dup_10gram_char_frac"] == 0.0 and s["top_4gram_char_frac"] == 0.0
+    # no 4-gram repeats, so the "top" one is the first, seen once (datatrove's Counter.most_common)
+    assert s["dup_10gram_char_frac"] == 0.0
+    assert s["top_4gram_char_frac"] == len("The configuration parser reads") / len(GOOD)
 
 
 def test_language_id_and_allow_list():

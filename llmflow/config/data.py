@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -114,17 +115,26 @@ class QualityConfig(Section):
     max_chars: int = Field(
         default=2_000_000, ge=1, description="Longer texts are dropped before any other work (bounds memory)."
     )
+    words: Literal["whitespace", "spacy"] = Field(
+        default="whitespace",
+        description="What a word is for Gopher and FineWeb: whitespace-split (fast, the default) or spaCy's "
+        "English tokens as datatrove counts them (punctuation as words; needs spaCy, ~4x slower).",
+    )
     min_words: int = Field(default=50, ge=0, description="Gopher: at least 50 words.")
     max_words: int = Field(default=100_000, ge=1, description="Gopher: at most 100,000 words.")
     min_mean_word_length: float = Field(default=3.0, ge=0, description="Gopher: mean word length >= 3.")
     max_mean_word_length: float = Field(default=10.0, ge=1, description="Gopher: mean word length <= 10.")
-    max_symbol_word_ratio: float = Field(default=0.1, ge=0, description="Gopher: '#' and '...' per word.")
+    max_symbol_word_ratio: float = Field(
+        default=0.1, ge=0, description="Gopher: '#' per word, and (separately) '...'/'…' per word."
+    )
     max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1, description="Gopher.")
     max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
     min_alpha_words_ratio: float = Field(
         default=0.8, ge=0, le=1, description="Gopher: 80% of words contain a letter."
     )
-    min_stop_words: int = Field(default=2, ge=0, description="Gopher: at least 2 English stop words.")
+    min_stop_words: int = Field(
+        default=2, ge=0, description="Gopher: at least 2 distinct English stop words."
+    )
     max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
     max_duplicate_paragraph_fraction: float = Field(default=0.3, ge=0, le=1, description="Gopher.")
     max_duplicate_line_char_fraction: float = Field(default=0.2, ge=0, le=1, description="Gopher.")
@@ -137,7 +147,33 @@ class QualityConfig(Section):
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
         description="Gopher: characters covered by repeated n-grams, per n.",
     )
-    c4_lorem_ipsum: bool = Field(default=True, description="C4: drop documents containing 'lorem ipsum'.")
+    c4_lorem_ipsum: bool = Field(
+        default=True, description="C4: drop documents with 'lorem ipsum' in a kept line."
+    )
+    c4_curly_bracket: bool = Field(default=True, description="C4: drop documents with '{' in a kept line.")
+    c4_min_sentences: int = Field(
+        default=5, ge=0, description="C4: at least this many sentences in the kept lines (0 = off)."
+    )
+    c4_terminal_punct: bool = Field(
+        default=True, description="C4 line rule: only lines ending in . ? ! \" ' (not ...) are kept."
+    )
+    c4_min_words_per_line: int = Field(
+        default=3, ge=0, description="C4 line rule: kept lines have >= 3 words."
+    )
+    c4_max_word_length: int = Field(
+        default=1000, ge=0, description="C4 line rule: lines with a longer word are dropped (0 = off)."
+    )
+    c4_javascript: bool = Field(
+        default=True, description="C4 line rule: lines mentioning 'javascript' are dropped."
+    )
+    c4_policy: bool = Field(
+        default=True,
+        description="C4 line rule: lines with 'terms of use', 'privacy policy', cookies are dropped.",
+    )
+    c4_remove_citations: bool = Field(
+        default=True,
+        description="C4 line rule: '[1]', '[edit]', '[citation needed]' are cut before the checks.",
+    )
     min_line_punct_ratio: float = Field(
         default=0.12, ge=0, le=1, description="FineWeb: lines ending in terminal punctuation (0 = off)."
     )
@@ -147,6 +183,16 @@ class QualityConfig(Section):
     max_fineweb_dup_line_char_fraction: float = Field(
         default=0.01, ge=0, le=1, description="FineWeb: characters in duplicated lines (1 = off)."
     )
+    max_fineweb_list_ratio: float = Field(
+        default=0.3, ge=0, description="FineWeb: newlines per word (list-like pages; a large value = off)."
+    )
+
+    @field_validator("words")
+    @classmethod
+    def _spacy_installed(cls, v: str) -> str:
+        if v == "spacy" and importlib.util.find_spec("spacy") is None:
+            raise ValueError("words: spacy needs spaCy installed (pip install 'llmflow[spacy]')")
+        return v
 
 
 class LangIdConfig(Section):
