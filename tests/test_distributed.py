@@ -1,0 +1,130 @@
+"""Training under `accelerate launch` on CPU with gloo: DDP and FSDP2, sharded checkpoints, exact
+resume, and the launch configs a machine cannot run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmflow.config import ConfigError, FinetuneConfig, InputError, PretrainConfig, load_config
+from model import launch
+from tests.test_model import make_shards, tiny_cfg
+
+
+def _run(cfg: PretrainConfig, shards: Path, out: Path, ckpts: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"config": cfg.model_dump(mode="json"), "shards": str(shards), "out": str(out),
+           "checkpoints": str(ckpts), "tokenizer": None}  # fmt: skip
+    (out / "job.json").write_text(json.dumps(job))
+    lines: list[str] = []
+    launch.run(launch.command("model.train", out / "job.json", cfg), cfg.num_processes, log=lines.append)
+    return {"metrics": json.loads((out / "metrics.json").read_text()), "log": lines}
+
+
+def _losses(out: Path) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader((out / "loss.csv").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two processes, 6 steps, checkpoints at 3 and 6: DDP, FSDP, and FSDP stopped after step 3
+    (its step-3 checkpoint, nothing later) and resumed."""
+    root = tmp_path_factory.mktemp("dist")
+    shards = make_shards(root / "shards")
+    base = dict(num_processes=2, max_steps=6, checkpoint_every=3, keep_checkpoints=5, eval_every=3)
+    r = {}
+    for strategy in ("ddp", "fsdp"):
+        cfg = tiny_cfg(strategy=strategy, **base)
+        r[strategy] = _run(cfg, shards, root / strategy, root / strategy / "ck")
+    stopped = root / "resumed" / "ck"
+    shutil.copytree(root / "fsdp" / "ck" / "step-00000003", stopped / "step-00000003")
+    r["resumed"] = _run(tiny_cfg(strategy="fsdp", **base), shards, root / "resumed", stopped)
+    r["root"] = root
+    return r
+
+
+@pytest.mark.slow
+def test_fsdp_trains_the_same_model_as_ddp(runs):
+    root = runs["root"]
+    assert runs["fsdp"]["metrics"]["strategy"] == "fsdp" and runs["ddp"]["metrics"]["strategy"] == "ddp"
+    assert any("(fsdp)" in m for m in runs["fsdp"]["log"])
+    ddp, fsdp = _losses(root / "ddp"), _losses(root / "fsdp")
+    assert len(fsdp) == 6 and fsdp[-1] < fsdp[0]
+    assert max(abs(a - b) for a, b in zip(ddp, fsdp, strict=True)) < 1e-5
+    a, b = (
+        load_file(root / "ddp" / "model" / "model.safetensors"),
+        load_file(root / "fsdp" / "model" / "model.safetensors"),
+    )
+    assert set(a) == set(b)  # the gathered FSDP weights save like the DDP ones (tied head left out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    r0, r1 = runs["fsdp"]["metrics"]["replicas"]
+    assert r0["data_sha256"] != r1["data_sha256"]  # each process trained on its own batches
+    assert r0["weights_sha256"] != r1["weights_sha256"]  # and holds its own shards
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoints_are_sharded_per_process(runs):
+    ck = runs["root"] / "fsdp" / "ck" / "step-00000003"
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (ck / "model" / part).glob("*.distcp")) == [
+            "__0_0.distcp",
+            "__1_0.distcp",
+        ]
+    assert not (ck / "model" / "model.safetensors").exists() and not (ck / "optimizer.pt").exists()
+    assert (ck / "rng-0.pt").exists() and (ck / "rng-1.pt").exists() and (ck / "state.json").exists()
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_fsdp_run_gives_the_same_losses_and_weights(runs):
+    root = runs["root"]
+    assert any("resumed from" in m and "step 3" in m for m in runs["resumed"]["log"])
+    assert _losses(root / "resumed") == pytest.approx(_losses(root / "fsdp"), abs=1e-6)
+    a = load_file(root / "fsdp" / "model" / "model.safetensors")
+    b = load_file(root / "resumed" / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- launch config
+
+
+def test_launch_line_counts_processes_over_all_machines():
+    cfg = PretrainConfig(num_processes=4, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
+                         main_process_port=29500, strategy="fsdp")  # fmt: skip
+    cmd = launch.command("model.train", "job.json", cfg)
+    assert cmd[3] == "--multi_gpu"
+    line = " ".join(cmd)
+    assert "--num_processes 8 --num_machines 2 --machine_rank 1" in line
+    assert "--main_process_ip 10.0.0.1 --main_process_port 29500" in line
+    assert line.endswith("-m model.train --config job.json")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["pretrain.strategy=fsdp"], "strategy=fsdp .*needs at least 2"),
+        (["pretrain.strategy=fsdp", "pretrain.num_processes=2", "pretrain.optimizer=muon"], "muon"),
+        (["pretrain.num_machines=2", "pretrain.main_process_port=29500"], "main_process_ip"),
+        (["pretrain.num_machines=2", "pretrain.main_process_ip=10.0.0.1"], "main_process_port"),
+        (["pretrain.machine_rank=1"], "machine_rank=1 must be below num_machines=1"),
+        (["finetune.strategy=fsdp", "finetune.num_processes=2"], "finetune.strategy=fsdp is not supported"),
+    ],
+)
+def test_a_launch_the_machine_cannot_run_is_a_one_line_config_error(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config("smoke", override)
+    assert "\n" not in str(e.value)
+
+
+def test_more_processes_than_gpus_is_an_input_error():
+    with pytest.raises(InputError, match="num_processes=4 but this machine has 2 GPU"):
+        launch.check_machine(PretrainConfig(num_processes=4), cuda_devices=2)
+    launch.check_machine(PretrainConfig(num_processes=4), cuda_devices=0)  # CPU: gloo runs any count
+    launch.check_machine(FinetuneConfig(num_processes=2), cuda_devices=2)
