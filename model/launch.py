@@ -87,19 +87,27 @@ def run(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line.startswith("@@progress "):
-            p = json.loads(line[len("@@progress ") :])
-            if on_progress is not None:
-                on_progress(p["done"], p["total"], p["message"])
-            continue
-        if line.startswith("@@error "):
-            error = line[len("@@error ") :]
-        tail.append(line)
-        if line.strip():
-            log(line)
-    rc = proc.wait()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.startswith("@@progress "):
+                p = json.loads(line[len("@@progress ") :])
+                if on_progress is not None:
+                    on_progress(p["done"], p["total"], p["message"])
+                continue
+            if line.startswith("@@error "):
+                error = line[len("@@error ") :]
+            tail.append(line)
+            if line.strip():
+                log(line)
+        rc = proc.wait()
+    finally:  # a cancelled or failed task must not leave its training processes behind
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     if rc != 0:
         detail = error or "\n".join(tail)
         raise RuntimeError(f"{what} failed under accelerate launch (exit {rc}): {detail}")

@@ -128,3 +128,64 @@ def test_more_processes_than_gpus_is_an_input_error():
         launch.check_machine(PretrainConfig(num_processes=4), cuda_devices=2)
     launch.check_machine(PretrainConfig(num_processes=4), cuda_devices=0)  # CPU: gloo runs any count
     launch.check_machine(FinetuneConfig(num_processes=2), cuda_devices=2)
+
+
+# ----------------------------------------------------------------------------- fine-tuning under DDP
+
+
+class _Killed(Exception):
+    pass
+
+
+def _finetune_inputs(store, root: Path):
+    from tests.helpers import task_rows, tiny_model_dir, tiny_tokenizer_dir, write_jsonl
+
+    base = tiny_model_dir(root / "base", tiny_tokenizer_dir(root / "tok"))
+    with store.write("pretrain", "b" * 64, {"stats": {}}) as out:
+        shutil.copytree(base, out / "model")
+    with store.write("task_data", "t" * 64, {"stats": {}}) as out:
+        write_jsonl(out / "train.jsonl", task_rows(40) + [{"id": "x", "prompt": "p", "response": ""}])
+        write_jsonl(out / "validation.jsonl", task_rows(6, "v"))
+    return {"base": store.ref("pretrain", "b" * 64), "task": store.ref("task_data", "t" * 64)}
+
+
+@pytest.mark.slow
+def test_lora_finetune_step_under_two_processes_stops_and_resumes_exactly(tmp_path):
+    """The finetune step with num_processes=2 (DDP, LoRA): one run straight through; another killed
+    after its step-3 checkpoint (the launched processes go with it) and retried: same losses."""
+    from llmflow.step import run_step
+    from llmflow.store import ArtifactStore
+    from tasks.finetune import VERSION, finetune_step
+
+    config = FinetuneConfig(num_processes=2, max_steps=6, checkpoint_every=3, batch_size=4, lr=1e-2,
+                            warmup_steps=2, max_len=64, lora_r=4, lora_alpha=8, lora_dropout=0.1)  # fmt: skip
+    straight_store = ArtifactStore(tmp_path / "a")
+    ref = run_step("finetune", VERSION, finetune_step, config, _finetune_inputs(straight_store, tmp_path / "a"),
+                   store=straight_store)  # fmt: skip
+    assert ref.stats["num_processes"] == 2 and ref.stats["steps"] == 6 and ref.stats["rejected"] == 1
+    out = straight_store.local_path(ref)
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (
+        out / "model" / "config.json"
+    ).exists()
+    straight = _losses(out)
+
+    store = ArtifactStore(tmp_path / "b")
+    inputs = _finetune_inputs(store, tmp_path / "b")
+
+    def kill_at_step_4(done, total, msg):
+        if msg.startswith("step 4 "):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_step("finetune", VERSION, finetune_step, config, inputs, store=store, on_progress=kill_at_step_4)
+    logs = []
+
+    class Logger:
+        def info(self, fmt, *args):
+            logs.append(fmt % args)
+
+        warning = error = debug = exception = info
+
+    ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store, logger=Logger())
+    assert any("resumed from" in m and "step 3" in m for m in logs)
+    assert _losses(store.local_path(ref)) == pytest.approx(straight, abs=1e-6)

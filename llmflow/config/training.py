@@ -166,4 +166,8 @@ class FinetuneConfig(LaunchConfig):
             raise ValueError(
                 "finetune.strategy=fsdp is not supported: fine-tuning runs under ddp (set finetune.strategy=ddp)"
             )
+        if self.num_machines > 1:
+            raise ValueError(
+                "fine-tuning runs on one machine: set finetune.num_machines=1 (num_processes may be >1)"
+            )
         return self
