@@ -37,7 +37,7 @@ import torch
 
 from llmflow.config import PretrainConfig
 from model import checkpoint as ckpt
-from model import fsdp
+from model import flex, fsdp
 from model.data import ShardError, TrainBatches, check_split, open_split, read_meta
 from model.eval import evaluate_bpb
 from model.presets import build_config, build_model, count_params
@@ -262,7 +262,10 @@ def train(
         eos_token_id=meta.get("eos_id"),
         pad_token_id=meta.get("pad_id"),
     )
-    model = build_model(config)
+    # a sliding window under torch.compile goes through flex attention, which skips the blocks
+    # outside the window; uncompiled, flex runs torch's dense reference, so SDPA stays
+    use_flex = cfg.sliding_window is not None and cfg.compile and flex.available()
+    model = build_model(config, attention=flex.FLEX if use_flex else "sdpa")
     if cfg.gradient_checkpointing:
         enable = (
             getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
