@@ -189,3 +189,31 @@ def test_lora_finetune_step_under_two_processes_stops_and_resumes_exactly(tmp_pa
     ref = run_step("finetune", VERSION, finetune_step, config, inputs, store=store, logger=Logger())
     assert any("resumed from" in m and "step 3" in m for m in logs)
     assert _losses(store.local_path(ref)) == pytest.approx(straight, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_dpo_under_two_processes_raises_the_preference_margin(tmp_path):
+    """model.dpo launched with 2 processes (DDP, LoRA): each trains on its share of the drawn
+    triples; the main process saves the candidate."""
+    from tests.helpers import tiny_model_dir, tiny_tokenizer_dir, write_jsonl
+
+    base = tiny_model_dir(tmp_path / "base", tiny_tokenizer_dir(tmp_path / "tok"))
+    words = ["sum", "list", "file", "string", "value", "line"]
+    triples = [{"id": i, "prompt": f"def {w}(x): return the {w}", "chosen": f"return {w}.",
+                "rejected": "raise error."} for i, w in enumerate(words)]  # fmt: skip
+    write_jsonl(tmp_path / "prefs.jsonl", triples)
+    cfg = FinetuneConfig(
+        num_processes=2, max_len=64, lora_r=4, lora_alpha=8, dpo={"steps": 20, "lr": 1e-2, "batch_size": 2}
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    job = {"config": cfg.model_dump(mode="json"), "model": str(base), "triples": str(tmp_path / "prefs.jsonl"),
+           "out": str(out), "base_name": "finetune/x/model"}  # fmt: skip
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    launch.run(launch.command("model.dpo", tmp_path / "job.json", cfg), 2, log=lambda m: None)
+    stats = json.loads((out / "launched.json").read_text())
+    assert stats["num_processes"] == 2 and stats["pairs"] == 6
+    assert stats["margin_after"] > stats["margin_before"] + 1.0
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (
+        out / "model" / "config.json"
+    ).exists()
