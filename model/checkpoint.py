@@ -12,6 +12,10 @@ A checkpoint is a directory `step-NNNNNNNN/` holding
                       base architecture, python/numpy RNG states, what the loop adds (tokens,
                       loss history, config); written LAST
 
+An FSDP run (`sharded`: model/fsdp.py) writes instead of model weights and optimizer.pt its
+shards, one file per process: `model/config.json`, `model/pytorch_model_fsdp_0/` and
+`model/optimizer_0/` (torch.distributed.checkpoint), next to the same rng and state files.
+
 Both training loops (model/train.py, model/sft.py) save and resume through this module; each
 draws its batches as a pure function of (seed, step), so the step is the data position.
 
