@@ -104,14 +104,15 @@ def _peak_mem(dev: str) -> float:
 
 
 def train_steps(
-    preset: str, seq: int, batch: int, steps: int, window: int | None, compile: bool, dev: str
+    preset: str, seq: int, batch: int, steps: int, window: int | None, compile: bool, dev: str, train: bool
 ) -> dict:
-    """Time `steps` optimizer steps after two warm-up steps (compilation happens there)."""
+    """Time `steps` optimizer steps (or forwards, `train=False`) after two warm-up ones (compilation
+    happens there)."""
     torch.manual_seed(0)
     vocab = 50_304
     config = build_config(preset, vocab, seq_len=seq, sliding_window=window)
     attention = flex.FLEX if window is not None else "sdpa"
-    if attention == flex.FLEX and not compile:
+    if attention == flex.FLEX and not compile and train:
         raise SystemExit("a window needs --compile: uncompiled flex attention has no backward")
     model = build_model(config, attention=attention).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
@@ -121,6 +122,10 @@ def train_steps(
         torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
+        if not train:
+            with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):
+                step_fn(input_ids=x, labels=x)
+            return
         with torch.autocast(dev, dtype=torch.bfloat16):
             loss = step_fn(input_ids=x, labels=x).loss
         loss.backward()
@@ -141,19 +146,23 @@ def train_steps(
     return {
         "window": window or "full", "attention": attention, "seq": seq, "batch": batch, "steps": steps,
         "step_s": round(dt, 4), "tokens_per_s": round(tps, 1), "warmup_s": round(warm, 1),
-        "flops_per_token": flops_per_token(model, seq), "peak_mem_gib": round(_peak_mem(dev), 3),
+        "pass": "train" if train else "forward",
+        "flops_per_token": flops_per_token(model, seq) / (1 if train else 3), "peak_mem_gib": round(_peak_mem(dev), 3),
     }  # fmt: skip
 
 
 def attention_kernel(
-    seq: int, heads: int, head_dim: int, batch: int, window: int | None, dev: str, reps: int
+    seq: int, heads: int, head_dim: int, batch: int, window: int | None, dev: str, reps: int, train: bool
 ) -> dict:
-    """Forward + backward of the attention alone: SDPA causal for full, compiled flex for windows."""
+    """Forward (+ backward when `train`) of the attention alone: SDPA causal for full, compiled
+    flex for windows."""
     import torch.nn.functional as F
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     q, k, v = (torch.randn(batch, heads, seq, head_dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))  # fmt: skip
+    if not train:
+        q, k, v = (t.detach() for t in (q, k, v))
     if window is None:
 
         def run():
@@ -174,12 +183,17 @@ def attention_kernel(
         def run():
             return fn(q, k, v, block_mask=mask)
 
+    def once() -> None:
+        out = run()
+        if train:
+            out.sum().backward()
+
     for _ in range(2):
-        run().sum().backward()
+        once()
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(reps):
-        run().sum().backward()
+        once()
     _sync(dev)
     return {"window": window or "full", "ms": round(1000 * (time.perf_counter() - t0) / reps, 3),
             "blocks_vs_causal": round(density, 3)}  # fmt: skip
@@ -196,12 +210,18 @@ def main() -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="SDPA only (no windows)")
     p.add_argument("--skip-model", action="store_true", help="only the attention-kernel table")
     p.add_argument(
+        "--forward-only", action="store_true", default=not gpu,
+        help="time forwards only (the CPU default: torch 2.13's flex attention has no backward on CPU)",
+    )  # fmt: skip
+    p.add_argument(
         "--out", default="benchmarks/results/gpu-cuda.json" if gpu else "benchmarks/results/gpu-cpu.json"
     )
     args = p.parse_args()
     dev = "cuda" if gpu else "cpu"
     if not gpu:
-        print("no CUDA device: running on CPU (small seq and steps; figures are not GPU figures)", flush=True)
+        print(
+            "no CUDA device: running on CPU (small seq and steps, forward only; not GPU figures)", flush=True
+        )
     info = device_info()
     print(f"{info['name']}: peak {info['peak_flops'] or 0:.3g} FLOP/s ({info['peak_source']})", flush=True)
     windows = [None] + [int(w) for w in args.windows.split(",") if w]
@@ -213,7 +233,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.skip_model:
         for w in windows:
-            r = train_steps(args.preset, args.seq, args.batch, args.steps, w, args.compile, dev)
+            r = train_steps(
+                args.preset, args.seq, args.batch, args.steps, w, args.compile, dev, not args.forward_only
+            )
             r["mfu"] = (
                 round(r["tokens_per_s"] * r["flops_per_token"] / info["peak_flops"], 4)
                 if info["peak_flops"]
@@ -232,14 +254,17 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2))
     result["load_avg_after"] = os.getloadavg()
     out.write_text(json.dumps(result, indent=2))
+    what = "forward only" if args.forward_only else "training steps (forward, backward, AdamW)"
     print(f"\n{info['name']}, {args.preset}, seq {args.seq}, batch {args.batch}, bf16 autocast, "
-          f"compile={args.compile}; load average {result['load_avg_1_5_15'][0]:.1f}\n")  # fmt: skip
+          f"compile={args.compile}, {what}; load average {result['load_avg_1_5_15'][0]:.1f}\n")  # fmt: skip
     print("| attention | tokens/s | step s | MFU | peak memory GiB | warm-up s |\n|---|---|---|---|---|---|")
     for r in result["model"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"| {r['window']} ({r['attention']}) | {r['tokens_per_s']:,.0f} | {r['step_s']} | {mfu} | "
               f"{r['peak_mem_gib']} | {r['warmup_s']} |")  # fmt: skip
-    print("\n| attention alone | fwd+bwd ms | blocks computed vs causal |\n|---|---|---|")
+    print(
+        f"\n| attention alone | {'fwd' if args.forward_only else 'fwd+bwd'} ms | blocks computed vs causal |\n|---|---|---|"
+    )
     for r in result["attention"]:
         print(f"| {r['window']} | {r['ms']} | {r['blocks_vs_causal']} |")
     print(f"\nwrote {out}")

@@ -7,7 +7,7 @@ and packed sequences all in the mask function); the kernel call is ours, registe
 attention implementations:
 
     "llmflow_flex"        flex_attention compiled (torch.compile; inductor's Triton kernel on
-                          GPUs, its C++ template on CPU): the fast path, used when available
+                          GPUs, its C++ template on CPU, forward only there): the fast path
     "llmflow_flex_eager"  flex_attention uncompiled: torch's reference (dense) implementation of
                           the same mask, for checking the block-mask path against SDPA on CPU
 
@@ -26,16 +26,13 @@ FLEX_EAGER = "llmflow_flex_eager"
 
 
 def available() -> bool:
-    """flex_attention compiled needs a GPU with Triton, or a C++ compiler for inductor on CPU."""
+    """Whether training can take the flex path: a GPU. torch 2.13's flex_attention has no backward
+    on CPU ("FlexAttention does not support backward on CPU"), compiled or not; forward runs."""
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
     except ImportError:
         return False
-    if torch.cuda.is_available():
-        return True
-    import shutil
-
-    return shutil.which("c++") is not None or shutil.which("g++") is not None
+    return torch.cuda.is_available()
 
 
 @functools.cache
