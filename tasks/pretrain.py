@@ -28,7 +28,7 @@ from typing import Any
 from llmflow import events
 from llmflow.config import PretrainConfig
 from llmflow.step import StepContext
-from llmflow.store import StepRef
+from llmflow.store import StepRef, step_key
 from model import launch as launcher
 from tasks.common import step_task
 
@@ -96,7 +96,7 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     cfg: PretrainConfig = ctx.config
     launcher.check_machine(cfg)
     shards, tokenizer = ctx.input_path("shards"), ctx.input_path("tokenizer")
-    ckpts = ctx.work_dir / "checkpoints"
+    ckpts = _run_dir(ctx, cfg) / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
         "config": cfg.model_dump(mode="json"),
@@ -138,9 +138,21 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
     }
 
 
+def _run_dir(ctx: StepContext, cfg: PretrainConfig) -> Path:
+    """The checkpoints' work directory: the step's own, or on several machines machine 0's (its
+    key differs only by machine_rank), so every process of the run writes into the same one."""
+    if cfg.machine_rank == 0:
+        return ctx.work_dir
+    machine0 = cfg.model_copy(update={"machine_rank": 0})
+    key = step_key(
+        ctx.step, VERSION, machine0, {k: v.key for k, v in ctx.inputs.items()}, ctx.extra, code=ctx.code
+    )
+    return ctx.work_dir.parent / key
+
+
 def _joined(cfg: PretrainConfig, ctx: StepContext) -> dict[str, Any]:
-    """Machine `machine_rank` > 0 lent its processes to a run whose outputs machine 0 writes."""
-    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    """Machine `machine_rank` > 0 lent its processes to a run whose outputs machine 0 writes
+    (machine 0's step removes the shared checkpoints)."""
     stats = {
         "machine_rank": cfg.machine_rank,
         "num_machines": cfg.num_machines,

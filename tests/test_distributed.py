@@ -217,3 +217,23 @@ def test_dpo_under_two_processes_raises_the_preference_margin(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists() and (
         out / "model" / "config.json"
     ).exists()
+
+
+def test_every_machine_of_a_run_checkpoints_into_machine_0s_work_dir(tmp_path):
+    from llmflow.code_hash import code_hash
+    from llmflow.step import StepContext, compute_key
+    from llmflow.store import ArtifactStore
+    from tasks.pretrain import VERSION, _run_dir, pretrain_step
+
+    store = ArtifactStore(tmp_path)
+    two = dict(num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    cfg0, cfg1 = PretrainConfig(machine_rank=0, **two), PretrainConfig(machine_rank=1, **two)
+
+    def ctx(cfg):
+        key = compute_key("pretrain", VERSION, pretrain_step, cfg, {})
+        return StepContext(
+            "pretrain", key, cfg, {}, store, tmp_path / "out", code=code_hash(pretrain_step).sha256
+        )
+
+    assert ctx(cfg0).key != ctx(cfg1).key  # each machine's step is its own artifact
+    assert _run_dir(ctx(cfg1), cfg1) == _run_dir(ctx(cfg0), cfg0) == ctx(cfg0).work_dir
