@@ -247,7 +247,14 @@ def main() -> None:
     c = build_config(args.preset, 2, seq_len=args.seq)
     for w in windows if args.compile else []:
         r = attention_kernel(
-            args.seq, c.num_attention_heads, c.head_dim, args.batch, w, dev, reps=5 if gpu else 2
+            args.seq,
+            c.num_attention_heads,
+            c.head_dim,
+            args.batch,
+            w,
+            dev,
+            5 if gpu else 2,
+            not args.forward_only,
         )
         result["attention"].append(r)
         print(json.dumps(r), flush=True)
