@@ -12,6 +12,10 @@ A checkpoint is a directory `step-NNNNNNNN/` holding
                       base architecture, python/numpy RNG states, what the loop adds (tokens,
                       loss history, config); written LAST
 
+An FSDP run (`sharded`: model/fsdp.py) writes instead of model weights and optimizer.pt its
+shards, one file per process: `model/config.json`, `model/pytorch_model_fsdp_0/` and
+`model/optimizer_0/` (torch.distributed.checkpoint), next to the same rng and state files.
+
 Both training loops (model/train.py, model/sft.py) save and resume through this module; each
 draws its batches as a pure function of (seed, step), so the step is the data position.
 
@@ -40,6 +44,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmflow.config import InputError
+from model import fsdp
 from model.presets import arch_signature
 
 log = logging.getLogger("llmflow.model")
@@ -88,11 +93,14 @@ def save(
     rank: int = 0,
     keep: int = 2,
     barrier=None,
+    sharded=None,
 ) -> Path:
     """Write checkpoint `step` under `root`; keep the `keep` newest. Every process must call it.
 
     The main process writes model, optimizer and state; each process writes its own torch RNG
-    state. `barrier` (e.g. accelerator.wait_for_everyone) orders the two.
+    state. `barrier` (e.g. accelerator.wait_for_everyone) orders the two. With `sharded` (the
+    Accelerator of an FSDP run) every process writes its shards of model and optimizer with DCP
+    (model/fsdp.py) and the main process only the model's config.json next to them.
     """
     root = Path(root)
     final = step_dir(root, step)
@@ -106,7 +114,11 @@ def save(
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, tmp / f"rng-{rank}.pt")
-    if is_main:
+    if sharded is not None:
+        fsdp.save(sharded, model, optimizers, tmp / "model")
+        if is_main:
+            model.config.save_pretrained(tmp / "model")
+    elif is_main:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         torch.save([o.state_dict() for o in optimizers], tmp / "optimizer.pt")
     if barrier:
@@ -195,8 +207,13 @@ def _load_adapter_weights(ckpt: Path, model, weights: dict[str, torch.Tensor]) -
         raise CheckpointError(f"{ckpt}: adapter weights do not fit the model ({e})") from e
 
 
-def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0) -> dict[str, Any]:
-    """Restore model (or adapter), optimizers and RNG states from one checkpoint; returns state.json."""
+def load(
+    ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0, sharded=None
+) -> dict[str, Any]:
+    """Restore model (or adapter), optimizers and RNG states from one checkpoint; returns state.json.
+
+    `sharded`: the Accelerator of an FSDP run; its shards are read back with DCP (model/fsdp.py).
+    """
     ckpt = Path(ckpt)
     state_path = ckpt / STATE
     if not state_path.exists():
@@ -207,6 +224,8 @@ def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank:
         raise CheckpointError(f"{ckpt}: corrupt {STATE} ({e})") from e
     adapter = _is_adapter(ckpt)
     check_arch(ckpt, model.config, state)
+    if sharded is not None:
+        return _load_sharded(ckpt, model, optimizers, rank, sharded, state)
     if adapter:
         check_adapter(ckpt, model)
     elif hasattr(model, "peft_config"):
@@ -254,8 +273,22 @@ def load(ckpt: str | Path, model, optimizers: list[torch.optim.Optimizer], rank:
     return state
 
 
+def _load_sharded(ckpt: Path, model, optimizers, rank: int, acc, state: dict[str, Any]) -> dict[str, Any]:
+    try:
+        fsdp.load(acc, model, optimizers, ckpt / "model")
+        rng = torch.load(ckpt / f"rng-{rank}.pt", weights_only=True)
+    except Exception as e:  # DCP raises many types (and wraps them per rank) on missing/broken shards
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{ckpt}: unusable sharded checkpoint ({type(e).__name__}: {first})") from e
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    _set_rng_state(state["rng"])
+    return state
+
+
 def latest(
-    root: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0
+    root: str | Path, model, optimizers: list[torch.optim.Optimizer], rank: int = 0, sharded=None
 ) -> dict[str, Any] | None:
     """Load the newest checkpoint that loads; None when there is none at all.
 
@@ -266,7 +299,7 @@ def latest(
     errors = []
     for ckpt in found:
         try:
-            state = load(ckpt, model, optimizers, rank)
+            state = load(ckpt, model, optimizers, rank, sharded)
         except CheckpointError as e:
             if "another architecture" in str(e):
                 raise

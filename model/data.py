@@ -99,10 +99,15 @@ class TrainBatches:
 def eval_windows(
     tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int | None, rank: int = 0, world: int = 1
 ):
-    """Yield (inputs, targets) over non-overlapping windows from the split's start, this rank's share."""
+    """Yield (inputs, targets) over non-overlapping windows from the split's start, this rank's share.
+
+    Every rank gets as many windows (the count is cut to a multiple of `world`): under FSDP each
+    forward is a collective, so all ranks must run the same number.
+    """
     n = (len(tokens) - 1) // seq_len
     if max_batches is not None:
         n = min(n, max_batches * batch_size)
+    n -= n % world
     mine = list(range(rank, n, world))
     for i in range(0, len(mine), batch_size):
         starts = np.asarray(mine[i : i + batch_size]) * seq_len

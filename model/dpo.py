@@ -4,10 +4,16 @@
 (prompt, chosen, rejected) triples, encoded like SFT rows (model/sft_data.py). The reference is
 the same weights with the adapter disabled (`PeftModel.disable_adapter()`), so no second copy of
 the model is held, and its log-probs are scored once before training.
+
+Under `accelerate launch` (DDP) each step draws `batch_size * W` triples and process `rank` trains
+on every W-th of them; the logged loss is their mean. `python -m model.dpo --config job.json` is
+the launched entry (see `main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import time
 from collections.abc import Iterable
@@ -130,20 +136,23 @@ def dpo_train(
     params = [p for p in model.parameters() if p.requires_grad]
     (opt,) = build_optimizers(model, cfg, fused=torch.cuda.is_available())
     model, opt = acc.prepare(model, opt)
+    world, rank = acc.num_processes, acc.process_index
     model.train()
     rng = random.Random(cfg.seed)
     t0, history = time.time(), []
     for step in range(1, cfg.steps + 1):
         set_lr([opt], cfg.lr * lr_factor(cfg, step - 1, (step - 1) / cfg.steps))
-        idx = rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))
+        drawn = rng.sample(range(len(pairs)), min(cfg.batch_size * world, len(pairs)))
+        idx = drawn[rank::world] or drawn[:1]
         pc, pr = _pair_logps(model, [pairs[i] for i in idx], pad_id, acc.device)
         loss, cr, rr = dpo_loss(pc, pr, ref[0][idx], ref[1][idx], cfg.beta)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        history.append({"step": step, "loss": loss.item(), "accuracy": float((cr > rr).float().mean())})
-        if progress is not None and step % 10 == 0:
+        mean = acc.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
+        history.append({"step": step, "loss": mean, "accuracy": float((cr > rr).float().mean())})
+        if progress is not None and step % 10 == 0 and acc.is_main_process:
             progress(step, cfg.steps, f"dpo step {step} loss {history[-1]['loss']:.3f}")
     model = acc.unwrap_model(model)
     stats = {
@@ -158,6 +167,47 @@ def dpo_train(
         "reference_margin": round(float((ref[0] - ref[1]).mean()), 4),
         "seconds": round(time.time() - t0, 2),
         "base_fingerprint": fingerprint,
+        "num_processes": world,
     }
     model.eval()
     return model, tokenizer, stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The launched entry: job JSON {"config" (FinetuneConfig), "model", "triples", "out",
+    "base_name"}. The main process saves the candidate (adapters.save_finetuned, LoRA) to `out`
+    and its stats to `out/launched.json`."""
+    from model.adapters import save_finetuned
+    from model.sft_data import read_rows
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="job JSON (see main's docstring)")
+    job = json.loads(Path(parser.parse_args(argv).config).read_text())
+    cfg = FinetuneConfig.model_validate(job["config"])
+
+    def progress(done: float, total: float, message: str) -> None:
+        print("@@progress " + json.dumps({"done": done, "total": total, "message": message}), flush=True)
+
+    try:
+        model, tokenizer, stats = dpo_train(
+            job["model"], read_rows(job["triples"]), cfg.dpo, lora=cfg, progress=progress
+        )
+        from accelerate.state import PartialState
+
+        if PartialState().is_main_process:
+            out = Path(job["out"])
+            save_finetuned(
+                model, tokenizer, out, "lora", job["model"], stats["base_fingerprint"], job["base_name"]
+            )
+            (out / "launched.json").write_text(json.dumps(stats))
+        PartialState().wait_for_everyone()
+    except ValueError as e:
+        print(f"@@error {type(e).__name__}: {e}", flush=True)
+        raise SystemExit(2) from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

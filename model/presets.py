@@ -132,11 +132,20 @@ def build_config(
     return cfg
 
 
-def build_model(config, dtype=None):
-    """A freshly initialised causal LM for `config` (seed torch first for a reproducible init)."""
+def build_model(config, dtype=None, attention: str = "sdpa"):
+    """A freshly initialised causal LM for `config` (seed torch first for a reproducible init).
+
+    `attention`: "sdpa" (fused SDPA, a dense mask for a sliding window) or model/flex.py's
+    "llmflow_flex" / "llmflow_flex_eager" (flex attention with a block mask that skips the blocks
+    outside the window).
+    """
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    if attention != "sdpa":
+        from model import flex
+
+        flex.register()
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
 
 
 def count_params(model, non_embedding: bool = False) -> int:

@@ -6,10 +6,16 @@
 budgets) and model/checkpoint.py: every `checkpoint_every` steps it saves the trainable weights
 (the adapter, or all weights for full), optimizer, RNG states and step, and a rerun with the same
 checkpoint directory resumes exactly: the same per-step losses as a run that never stopped.
+
+Under `accelerate launch` (DDP; LoRA, prompt tuning or full) each of the W processes trains on
+its own batch of the same step, batch `step * W + rank` of the epoch order, and the logged loss
+is their mean; `python -m model.sft --config job.json` is the launched entry (see `main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import time
 from collections import Counter
@@ -82,6 +88,8 @@ def train_sft(
     if not train:
         raise ValueError("no usable training examples (all rows were rejected?)")
     acc = make_accelerator(cfg.mixed_precision)
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    say = log if main else (lambda _m: None)
     optimizers = build_optimizers(model, cfg, fused=torch.cuda.is_available())
     model, *optimizers = acc.prepare(model, *optimizers)
     raw, raw_opts = acc.unwrap_model(model), [o.optimizer for o in optimizers]
@@ -91,14 +99,17 @@ def train_sft(
     torch.manual_seed(cfg.seed)  # dropout; a resume restores the generator from the checkpoint
     step, elapsed, history = 0, 0.0, []
     if checkpoint_dir is not None and cfg.resume:
-        state = ckpt.latest(checkpoint_dir, raw, raw_opts)
+        state = ckpt.latest(checkpoint_dir, raw, raw_opts, rank=rank)
         if state is not None:
             step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            log(f"resumed from {state['path']} at step {step}")
+            say(f"resumed from {state['path']} at step {step}")
 
     def save_checkpoint() -> None:
         state = {"elapsed": elapsed, "history": history, "config": cfg.model_dump(mode="json")}
-        ckpt.save(checkpoint_dir, step, raw, raw_opts, state, keep=cfg.keep_checkpoints)
+        ckpt.save(
+            checkpoint_dir, step, raw, raw_opts, state,
+            is_main=main, rank=rank, keep=cfg.keep_checkpoints, barrier=acc.wait_for_everyone,
+        )  # fmt: skip
 
     model.train()
     t_start = time.time() - elapsed
@@ -109,7 +120,8 @@ def train_sft(
             break
         lr = cfg.lr * lr_factor(cfg, step, done)
         set_lr(raw_opts, lr)
-        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in batches(step)], pad_id).items()}
+        mine = batches(step * world + rank)
+        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in mine], pad_id).items()}
         loss = model(**batch).loss
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
@@ -118,8 +130,9 @@ def train_sft(
             opt.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.time() - t_start
-        history.append({"step": step, "loss": loss.item(), "lr": lr, "seconds": round(elapsed, 3)})
-        if progress is not None:
+        mean = acc.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
+        history.append({"step": step, "loss": mean, "lr": lr, "seconds": round(elapsed, 3)})
+        if progress is not None and main:
             fraction = min(run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds), 1.0)
             progress(fraction, 1.0, f"step {step} loss {history[-1]['loss']:.3f}")
         if checkpoint_dir is not None and step % cfg.checkpoint_every == 0:
@@ -137,6 +150,7 @@ def train_sft(
         "val_loss": round(mean_loss(model, validation, pad_id, cfg.batch_size), 4) if validation else None,
         "seconds": round(seconds, 2),
         "mixed_precision": acc.mixed_precision,
+        "num_processes": world,
     }
     return TrainResult(model=model, stats=stats, history=history)
 
@@ -182,3 +196,54 @@ def finetune(
         ),
     )
     return result, tokenizer, data
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The launched entry: job JSON {"config", "base", "train", "validation", "out", "checkpoints",
+    "base_name"}. The main process saves the fine-tuned model to `out` (adapters.save_finetuned)
+    and `out/launched.json` (stats, history, rejects) for the finetune step to finish from."""
+    from model import adapters
+    from model.sft_data import read_rows
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="job JSON (see main's docstring)")
+    job = json.loads(Path(parser.parse_args(argv).config).read_text())
+    cfg = FinetuneConfig.model_validate(job["config"])
+    out = Path(job["out"])
+
+    def progress(done: float, total: float, message: str) -> None:
+        print("@@progress " + json.dumps({"done": done, "total": total, "message": message}), flush=True)
+
+    try:
+        val_rows = read_rows(job["validation"]) if job.get("validation") else []
+        result, tokenizer, data = finetune(
+            job["base"], read_rows(job["train"]), val_rows, cfg, progress, job["checkpoints"],
+            log=lambda m: print(m, flush=True),
+        )  # fmt: skip
+        from accelerate.state import PartialState
+
+        if PartialState().is_main_process:
+            stats = result.stats
+            adapters.save_finetuned(
+                result.model,
+                tokenizer,
+                out,
+                cfg.method,
+                job["base"],
+                stats["base_fingerprint"],
+                job["base_name"],
+            )
+            rejects = {split: d.rejects for split, d in data.items()}
+            launched = {"stats": stats, "history": result.history, "rejects": rejects}
+            (out / "launched.json").write_text(json.dumps(launched))
+        PartialState().wait_for_everyone()
+    except (ckpt.CheckpointError, ValueError) as e:
+        print(f"@@error {type(e).__name__}: {e}", flush=True)
+        raise SystemExit(2) from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ import torch
 
 from llmflow.config import PretrainConfig
 from model import checkpoint as ckpt
+from model import flex, fsdp
 from model.data import ShardError, TrainBatches, check_split, open_split, read_meta
 from model.eval import evaluate_bpb
 from model.presets import build_config, build_model, count_params
@@ -83,8 +84,9 @@ def hardware() -> tuple[str, float, float]:
     return f"CPU x{cores} threads", peak or cores * CPU_PEAK_PER_CORE, cores * CPU_WATTS_PER_CORE
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int = 1):
-    """An Accelerator for one run, precision resolved by `resolve_precision`.
+def make_accelerator(mixed_precision: str, grad_accum: int = 1, strategy: str = "ddp"):
+    """An Accelerator for one run, precision resolved by `resolve_precision`; `strategy="fsdp"`
+    shards the model with FSDP2 (model/fsdp.py), on GPUs and, with gloo, on CPU.
 
     accelerate keeps its state in process-wide singletons: a second run in the same process (a
     retried task, tests, pretrain then finetune) may use another precision or accumulation, so
@@ -93,14 +95,23 @@ def make_accelerator(mixed_precision: str, grad_accum: int = 1):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    from model import fsdp
+
     if not torch.distributed.is_initialized():
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    return Accelerator(
+    plugin = fsdp.plugin() if strategy == "fsdp" else None
+    acc = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_precision(mixed_precision),
         gradient_accumulation_steps=grad_accum,
+        fsdp_plugin=plugin,
     )
+    if plugin is not None:
+        if acc.num_processes < 2:
+            raise ValueError("strategy=fsdp needs at least 2 processes: launch with num_processes >= 2")
+        fsdp.enable_on_cpu(acc, plugin)
+    return acc
 
 
 def lr_factor(cfg, step: int, progress: float) -> float:
@@ -238,7 +249,8 @@ def train(
     hf_logging.disable_progress_bar()
     out_dir, shards_dir = Path(out_dir), Path(shards_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
-    acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum, cfg.strategy)
+    sharded = fsdp.is_sharded(acc)
     precision = acc.mixed_precision
     main = acc.is_main_process
     say = log if main else (lambda _m: None)
@@ -260,6 +272,9 @@ def train(
     )
 
     set_seed(cfg.seed)  # identical init on every process
+    # a sliding window under torch.compile goes through flex attention, which skips the blocks
+    # outside the window; uncompiled, flex runs torch's dense reference, so SDPA stays
+    use_flex = cfg.sliding_window is not None and cfg.compile and flex.available()
     if init_from is not None:
         model = load_init(init_from, vocab, cfg.seq_len)
     else:
@@ -274,7 +289,7 @@ def train(
             eos_token_id=meta.get("eos_id"),
             pad_token_id=meta.get("pad_id"),
         )
-        model = build_model(config)
+        model = build_model(config, attention=flex.FLEX if use_flex else "sdpa")
     if cfg.gradient_checkpointing:
         enable = (
             getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -295,13 +310,16 @@ def train(
 
     step, tokens, elapsed, rows = 0, 0, 0.0, []
     if cfg.resume:
-        state = ckpt.latest(checkpoint_dir, raw, raw_opts, rank=acc.process_index)
+        state = ckpt.latest(
+            checkpoint_dir, raw, raw_opts, rank=acc.process_index, sharded=acc if sharded else None
+        )
         if state is not None:
             step, tokens, elapsed, rows = state["step"], state["tokens"], state["elapsed"], state["rows"]
             say(f"resumed from {state['path']} at step {step}")
     name = f"{raw.config.model_type} from {init_from}" if init_from else f"{cfg.arch}/{cfg.preset}"
     say(
-        f"pretrain {name}: {n_params / 1e6:.2f}M params, {acc.num_processes} process(es), "
+        f"pretrain {name}: {n_params / 1e6:.2f}M params, {acc.num_processes} process(es) "
+        f"({'fsdp' if sharded else 'ddp' if acc.num_processes > 1 else 'single'}), "
         f"{precision}, {tokens_per_step} tokens/step on {hw}"
     )
 
@@ -316,6 +334,7 @@ def train(
         ckpt.save(
             checkpoint_dir, step, raw, raw_opts, state,
             is_main=main, rank=acc.process_index, keep=cfg.keep_checkpoints, barrier=acc.wait_for_everyone,
+            sharded=acc if sharded else None,
         )  # fmt: skip
 
     model.train()
@@ -410,14 +429,16 @@ def train(
         "energy_wh": watts * acc.num_processes * train_seconds / 3600,
         "watts_assumed": watts * acc.num_processes,
         "num_processes": acc.num_processes,
+        "strategy": "fsdp" if sharded else "ddp",
         "replicas": _replicas(acc, raw, seen.hexdigest()),
         "mixed_precision": precision,
         "arch": raw.config.model_type if init_from else cfg.arch,
         "preset": None if init_from else cfg.preset,
     }
+    weights = fsdp.full_state_dict(acc, model) if sharded else None  # collective: every process
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        raw.save_pretrained(out_dir / "model", safe_serialization=True)
+        raw.save_pretrained(out_dir / "model", safe_serialization=True, state_dict=weights)
         if tokenizer_dir is not None and (Path(tokenizer_dir) / "config.json").exists():
             from transformers import AutoTokenizer  # a base model's folder: its tokenizer only
 
@@ -434,13 +455,10 @@ def train(
 
 
 def _replicas(acc, model, data_sha: str) -> list[dict[str, Any]]:
-    """Per process: a digest of the batches it trained on and of its final weights. Data-parallel
-    replicas must differ in the first and agree in the second (the gradients were all-reduced)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    mine = {"rank": acc.process_index, "data_sha256": data_sha, "weights_sha256": h.hexdigest()}
+    """Per process: a digest of the batches it trained on and of the weights it holds. DDP
+    replicas must differ in the first and agree in the second (the gradients were all-reduced);
+    under FSDP each process holds its own shards, so both differ."""
+    mine = {"rank": acc.process_index, "data_sha256": data_sha, "weights_sha256": fsdp.shard_digest(model)}
     if acc.num_processes == 1:
         return [mine]
     from accelerate.utils import gather_object

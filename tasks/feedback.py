@@ -207,16 +207,33 @@ def feedback_data_step(ctx: StepContext) -> dict[str, Any]:
 
 def feedback_dpo_step(ctx: StepContext) -> dict[str, Any]:
     """DPO on the preference pairs over the fine-tuned model; a finetune-layout candidate."""
+    from model import launch as launcher
     from model.adapters import save_finetuned
     from model.dpo import dpo_train
 
     cfg = ctx.config  # FinetuneConfig: LoRA settings and its `dpo` section
     tuned = ctx.input_path("model")
-    triples = read_jsonl(str(ctx.input_path("task") / "preferences.jsonl"))
-    model, tokenizer, stats = dpo_train(tuned / "model", triples, cfg.dpo, lora=cfg, progress=ctx.progress)
-    ctx.timings["seconds"] = stats.pop("seconds")  # wall clock: the manifest's, not the files'
     base_name = f"finetune/{ctx.inputs['model'].key}/model"
-    save_finetuned(model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"], base_name)
+    if launcher.is_launched(cfg):  # DDP under accelerate launch: model/dpo.py's main saves the candidate
+        launcher.check_machine(cfg)
+        job = {"config": cfg.model_dump(mode="json"), "model": str(tuned / "model"), "out": str(ctx.out),
+               "triples": str(ctx.input_path("task") / "preferences.jsonl"), "base_name": base_name}  # fmt: skip
+        job_file = ctx.out / "job.json"
+        job_file.write_text(json.dumps(job))
+        cmd = launcher.command("model.dpo", job_file, cfg)
+        launcher.run(cmd, cfg.num_processes, ctx.progress, lambda m: ctx.logger.info("%s", m), "DPO")
+        job_file.unlink()
+        stats = json.loads((ctx.out / "launched.json").read_text())
+        (ctx.out / "launched.json").unlink()
+    else:
+        triples = read_jsonl(str(ctx.input_path("task") / "preferences.jsonl"))
+        model, tokenizer, stats = dpo_train(
+            tuned / "model", triples, cfg.dpo, lora=cfg, progress=ctx.progress
+        )
+        save_finetuned(
+            model, tokenizer, ctx.out, "lora", tuned / "model", stats["base_fingerprint"], base_name
+        )
+    ctx.timings["seconds"] = stats.pop("seconds")  # wall clock: the manifest's, not the files'
     sft_metrics = json.loads((tuned / "metrics.json").read_text())
     stats = {**stats, "sft": {k: sft_metrics.get(k) for k in ("method", "train_loss", "val_loss")}}
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))

@@ -14,6 +14,8 @@ Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `<LLMFLOW_HOME>/work/finetune/<key>/checkpoints`, so a killed or retried task with the same key
 resumes where it stopped. A forced run (`force`) removes that directory first and starts from
 step 0 (a Prefect retry of it resumes its own checkpoints); a successful run removes it too.
+With `num_processes > 1` the loop runs under `accelerate launch` (DDP, `python -m model.sft`) on
+this machine; its main process writes the model files, the step the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from llmflow import events
 from llmflow.step import StepContext
 from llmflow.store import StepRef
 from model import adapters, sft, sft_data
+from model import launch as launcher
 from tasks.base_model import base_record
 from tasks.common import step_task
 
@@ -41,6 +44,7 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
         shutil.rmtree(ctx.work_dir)
     cfg = ctx.config
+    launcher.check_machine(cfg)
     base_dir = ctx.input_path("base") / "model"
     task_dir = ctx.input_path("task")
     train_rows = sft_data.read_rows(task_dir / "train.jsonl")
@@ -52,27 +56,31 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
 
     ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    result, tokenizer, data = sft.finetune(
-        base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
-        log=lambda m: ctx.logger.info("%s", m),
-    )  # fmt: skip
-    stats = result.stats
-    ctx.timings["seconds"] = stats.pop("seconds")
     base_ref = ctx.inputs["base"]
     brought = base_record(ctx.store, base_ref)
     hub_name = brought.get("hub") if brought is not None and base_ref.step == "base_model" else None
     base_name = hub_name or f"{base_ref.step}/{base_ref.key}/model"  # never a local path
-    adapters.save_finetuned(
-        result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
-    )
+    if launcher.is_launched(cfg):
+        stats, history, rejects = _launched(ctx, cfg, base_dir, task_dir, ckpts, base_name)
+    else:
+        result, tokenizer, data = sft.finetune(
+            base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
+            log=lambda m: ctx.logger.info("%s", m),
+        )  # fmt: skip
+        stats, history = result.stats, result.history
+        rejects = {split: d.rejects for split, d in data.items()}
+        adapters.save_finetuned(
+            result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
+        )
+    ctx.timings["seconds"] = stats.pop("seconds")
 
     with open(ctx.out / "loss.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["step", "loss", "lr"], extrasaction="ignore")
         w.writeheader()
-        w.writerows(result.history)
+        w.writerows(history)
     with open(ctx.out / "rejects.jsonl", "w") as f:
-        for split, d in data.items():
-            for r in d.rejects:
+        for split, rows in rejects.items():
+            for r in rows:
                 f.write(json.dumps({**r, "split": split}) + "\n")
     (ctx.out / "metrics.json").write_text(json.dumps(stats, indent=2))
     lineage = {
@@ -107,6 +115,23 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
         "Load for generation: `model.adapters.load_finetuned(<this artifact>)`.\n"
     )
     return stats
+
+
+def _launched(ctx: StepContext, cfg, base_dir, task_dir, ckpts, base_name: str):
+    """Run model.sft under `accelerate launch` (DDP); (stats, history, rejects) from its main process."""
+    val = task_dir / "validation.jsonl"
+    job = {
+        "config": cfg.model_dump(mode="json"), "base": str(base_dir), "train": str(task_dir / "train.jsonl"),
+        "validation": str(val) if val.exists() and val.stat().st_size else None,
+        "out": str(ctx.out), "checkpoints": str(ckpts), "base_name": base_name,
+    }  # fmt: skip
+    job_file = ctx.work_dir / "job.json"
+    job_file.write_text(json.dumps(job))
+    cmd = launcher.command("model.sft", job_file, cfg)
+    launcher.run(cmd, cfg.num_processes, ctx.progress, lambda m: ctx.logger.info("%s", m), "fine-tuning")
+    result = json.loads((ctx.out / "launched.json").read_text())
+    (ctx.out / "launched.json").unlink()
+    return result["stats"], result["history"], result["rejects"]
 
 
 def _events(ref: StepRef) -> list[tuple[str, str, dict[str, Any]]]:

@@ -11,80 +11,43 @@ Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
 resumes where it stopped instead of starting over. A forced run (`force`) removes that directory
 first and starts from step 0 (a Prefect retry of it resumes its own checkpoints); a successful run
-removes it too. With `num_processes > 1` the loop runs under `accelerate launch` as a subprocess
+removes it too. With several processes or machines (`num_processes`, `num_machines`; DDP or
+FSDP by `strategy`) the loop runs under `accelerate launch` as a subprocess (model/launch.py)
 whose output streams into the step's logger; its failure fails the step with the subprocess's own
-error.
+error. On machine `machine_rank` > 0 the step only lends its processes: machine 0 writes the
+model, and this machine's artifact is `joined.json`. Checkpoints must then sit on a filesystem
+every machine shares (LLMFLOW_HOME), since each process writes its own shards or RNG state.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from llmflow import events
 from llmflow.config import PretrainConfig
 from llmflow.step import StepContext
-from llmflow.store import StepRef
+from llmflow.store import StepRef, step_key
+from model import launch as launcher
 from tasks.base_model import tokenizer_dir
 from tasks.common import step_task
 
 VERSION = 1
-ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("seconds", "tokens_per_s", "mfu", "energy_wh")  # of model.train's metrics
 SAMPLE_PROMPTS = ["def ", "The ", "Return the", "import "]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(job: dict[str, Any], num_processes: int, ctx: StepContext) -> None:
-    """Run model.train under `accelerate launch`; stream its output; raise with its error."""
+def launch(job: dict[str, Any], cfg: PretrainConfig, ctx: StepContext) -> None:
+    """Run model.train under `accelerate launch` (model/launch.py); stream its output; raise with its error."""
     job_file = Path(job["out"]) / "job.json"
     job_file.write_text(json.dumps(job))
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "model.train", "--config", str(job_file),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    ctx.logger.info("launching: %s", " ".join(cmd))
-    tail: deque[str] = deque(maxlen=40)
-    error = None
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line.startswith("@@progress "):
-            p = json.loads(line[len("@@progress ") :])
-            ctx.progress(p["done"], p["total"], p["message"])
-            continue
-        if line.startswith("@@error "):
-            error = line[len("@@error ") :]
-        tail.append(line)
-        if line.strip():
-            ctx.logger.info("%s", line)
-    rc = proc.wait()
-    job_file.unlink(missing_ok=True)
-    if rc != 0:
-        detail = error or "\n".join(tail)
-        raise RuntimeError(f"pretraining failed under accelerate launch (exit {rc}): {detail}")
+    try:
+        cmd = launcher.command("model.train", job_file, cfg)
+        launcher.run(cmd, cfg.num_processes, ctx.progress, lambda m: ctx.logger.info("%s", m), "pretraining")
+    finally:
+        job_file.unlink(missing_ok=True)
 
 
 def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
@@ -133,9 +96,10 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         ctx.logger.info("forced run: removing the earlier run's checkpoints in %s", ctx.work_dir)
         shutil.rmtree(ctx.work_dir)
     cfg: PretrainConfig = ctx.config
+    launcher.check_machine(cfg)
     shards, tokenizer = ctx.input_path("shards"), tokenizer_dir(ctx.input_path("tokenizer"))
     init = ctx.input_path("init") / "model" if "init" in ctx.inputs else None
-    ckpts = ctx.work_dir / "checkpoints"
+    ckpts = _run_dir(ctx, cfg) / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     job = {
         "config": cfg.model_dump(mode="json"),
@@ -145,8 +109,10 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         "tokenizer": str(tokenizer),
         "init_from": None if init is None else str(init),
     }
-    if cfg.num_processes > 1:
-        launch(job, cfg.num_processes, ctx)
+    if launcher.is_launched(cfg):
+        launch(job, cfg, ctx)
+        if cfg.machine_rank > 0:
+            return _joined(cfg, ctx)
         metrics = json.loads((ctx.out / "metrics.json").read_text())
     else:
         metrics = train(
@@ -180,6 +146,35 @@ def _title(cfg: PretrainConfig) -> str:
     return f"continued from {cfg.init_from}" if cfg.init_from else f"{cfg.arch}/{cfg.preset}"
 
 
+def _run_dir(ctx: StepContext, cfg: PretrainConfig) -> Path:
+    """The checkpoints' work directory: the step's own, or on several machines machine 0's (its
+    key differs only by machine_rank), so every process of the run writes into the same one."""
+    if cfg.machine_rank == 0:
+        return ctx.work_dir
+    machine0 = cfg.model_copy(update={"machine_rank": 0})
+    key = step_key(
+        ctx.step, VERSION, machine0, {k: v.key for k, v in ctx.inputs.items()}, ctx.extra, code=ctx.code
+    )
+    return ctx.work_dir.parent / key
+
+
+def _joined(cfg: PretrainConfig, ctx: StepContext) -> dict[str, Any]:
+    """Machine `machine_rank` > 0 lent its processes to a run whose outputs machine 0 writes
+    (machine 0's step removes the shared checkpoints)."""
+    stats = {
+        "machine_rank": cfg.machine_rank,
+        "num_machines": cfg.num_machines,
+        "joined": cfg.main_process_ip,
+    }
+    (ctx.out / "joined.json").write_text(json.dumps(stats, indent=2))
+    ctx.report(
+        f"# Pretraining: machine {cfg.machine_rank} of {cfg.num_machines}\n\n"
+        f"This machine ran {cfg.num_processes} of the run's processes; the model, metrics and "
+        f"checkpoints are written by machine 0 ({cfg.main_process_ip}).\n"
+    )
+    return stats
+
+
 def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) -> str:
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", "⏎")[:120]
@@ -210,6 +205,8 @@ def _report(cfg: PretrainConfig, m: dict[str, Any], rows: list[dict[str, str]]) 
 
 
 def _events(ref: StepRef) -> list[tuple[str, str, dict[str, Any]]]:
+    if "joined" in ref.stats:  # machine > 0 of a multi-machine run: machine 0 announces the model
+        return []
     payload = {
         "key": ref.key,
         "uri": ref.uri,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmflow.config.base import (
     MAX_BATCH,
@@ -29,7 +29,55 @@ class BaseModelConfig(Section):
     source: str = Field(min_length=1, max_length=1000, description=BASE_MODEL_HELP)
 
 
-class PretrainConfig(Section):
+class LaunchConfig(Section):
+    """How a training step runs: in the task's process, or under `accelerate launch` on one or
+    more machines (docs/multi-node in README.md). Per machine `num_processes` processes; the world
+    is `num_processes * num_machines`."""
+
+    num_processes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Processes per machine; >1 (or several machines) runs `accelerate launch` as a subprocess.",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every process holds the whole model; fsdp: FSDP2 shards weights, gradients "
+        "and optimizer state across processes (sharded checkpoints). fsdp needs 2+ processes.",
+    )
+    num_machines: int = Field(default=1, ge=1, le=MAX_PROCESSES)
+    machine_rank: int = Field(
+        default=0, ge=0, lt=MAX_PROCESSES, description="This machine's index; 0 holds the outputs."
+    )
+    main_process_ip: str = Field(
+        default="127.0.0.1", description="Address of machine 0, reachable from every machine."
+    )
+    main_process_port: int | None = Field(
+        default=None, ge=1, le=65_535, description="Rendezvous port on machine 0 (one machine: a free port)."
+    )
+
+    @model_validator(mode="after")
+    def _launchable(self):
+        world = self.num_processes * self.num_machines
+        if self.strategy == "fsdp" and world < 2:
+            raise ValueError(
+                "strategy=fsdp shards the model across processes and needs at least 2 "
+                f"(num_processes={self.num_processes}, num_machines={self.num_machines}): use ddp or more processes"
+            )
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(
+                f"machine_rank={self.machine_rank} must be below num_machines={self.num_machines}"
+            )
+        if self.num_machines > 1 and self.main_process_ip in ("127.0.0.1", "localhost"):
+            raise ValueError(
+                "num_machines > 1 needs main_process_ip: the address of machine 0 that the others can reach"
+            )
+        if self.num_machines > 1 and self.main_process_port is None:
+            raise ValueError("num_machines > 1 needs main_process_port, the same on every machine")
+        return self
+
+
+class PretrainConfig(LaunchConfig):
     init_from: str | None = Field(
         default=None,
         max_length=1000,
@@ -71,10 +119,15 @@ class PretrainConfig(Section):
     keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="Most recent checkpoints kept.")
     resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
     log_every: int = Field(default=10, ge=1, le=MAX_STEPS)
-    num_processes: int = Field(
-        default=1, ge=1, le=MAX_PROCESSES, description=">1 runs `accelerate launch` as a subprocess."
-    )
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _shardable(self):
+        if self.strategy == "fsdp" and self.optimizer == "muon":
+            raise ValueError(
+                "optimizer=muon orthogonalises whole matrices and strategy=fsdp shards them: use adamw with fsdp"
+            )
+        return self
 
 
 class DPOConfig(Section):
@@ -88,7 +141,7 @@ class DPOConfig(Section):
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
-class FinetuneConfig(Section):
+class FinetuneConfig(LaunchConfig):
     """Supervised fine-tuning of the pretrained base on the task (see model/sft.py)."""
 
     base: str | None = Field(
@@ -130,3 +183,15 @@ class FinetuneConfig(Section):
     resume: bool = Field(default=True, description="Resume from the step's last good checkpoint.")
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Used by preference tuning (feedback).")
+
+    @model_validator(mode="after")
+    def _replicated(self):
+        if self.strategy == "fsdp":
+            raise ValueError(
+                "finetune.strategy=fsdp is not supported: fine-tuning runs under ddp (set finetune.strategy=ddp)"
+            )
+        if self.num_machines > 1:
+            raise ValueError(
+                "fine-tuning runs on one machine: set finetune.num_machines=1 (num_processes may be >1)"
+            )
+        return self
