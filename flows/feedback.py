@@ -47,7 +47,7 @@ def finetune_on_feedback(
     and the base model upstream are the pipeline's cached artifacts."""
     tuning = tuning or FeedbackTuning()
     upstream = {k: StepRef(**v) for k, v in compose(config, "pretrain", False, home).items()}
-    run = StepRunner(home=home, force=force)
+    run = StepRunner(home=home, force=force, dashboard=config.dashboard)
     base, shards, task = upstream["pretrain"], upstream["pack"], upstream["task_data"]
     if sft_path or preferences_path:
         task = run(

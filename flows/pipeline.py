@@ -38,7 +38,7 @@ def compose(
 ) -> dict[str, Any]:
     if until not in STEPS:
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
-    run = StepRunner(home=home, force=force, until=until)
+    run = StepRunner(home=home, force=force, until=until, dashboard=config.dashboard)
     # Source files can change under an unchanged config: their fingerprint joins the key.
     docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
     task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))

@@ -6,7 +6,8 @@ validation.jsonl). Output: `adapter/` (peft; not for method=full), `model/` (loa
 prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with reasons) and
 `lineage.json` (base, data, config, code hash) for the registry. No file holds a wall-clock
 figure or a local path (the training time is in the manifest's timings): the same key gives the
-same files in any home.
+same files in any home. While it trains, the loss curve, tokens/s and time left are shown live
+(tasks/live_curves.py: a `finetune-live-curve` artifact and TensorBoard event files).
 
 Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `checkpoint_every` steps to a work directory outside the staging folder,
@@ -28,6 +29,7 @@ from llmflow.step import StepContext
 from llmflow.store import StepRef
 from model import adapters, sft, sft_data
 from tasks.common import step_task
+from tasks.live_curves import LiveCurves
 
 VERSION = 2
 
@@ -50,10 +52,12 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
 
     ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
+    live = LiveCurves(ctx, f"Fine-tuning ({cfg.method}): live")
     result, tokenizer, data = sft.finetune(
         base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
-        log=lambda m: ctx.logger.info("%s", m),
+        log=lambda m: ctx.logger.info("%s", m), on_step=live,
     )  # fmt: skip
+    live.close()
     stats = result.stats
     ctx.timings["seconds"] = stats.pop("seconds")
     base_name = f"pretrain/{ctx.inputs['base'].key}/model"

@@ -4,7 +4,8 @@ Inputs: `shards` (pack) and `tokenizer`. Output: `model/` (safetensors + tokeniz
 with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint), `metrics.json`,
 `loss.csv`, `loss.png` and a report with samples. The wall-clock figures (seconds, tokens/s, MFU,
 energy) go to the manifest's timings and the Prefect UI, not into the files: the same key gives
-the same files.
+the same files. While it trains, the loss curve, tokens/s and time left are shown live
+(tasks/live_curves.py: a `pretrain-live-curve` artifact and TensorBoard event files).
 
 Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
@@ -31,7 +32,9 @@ from llmflow import events
 from llmflow.config import PretrainConfig
 from llmflow.step import StepContext
 from llmflow.store import StepRef
+from model.train import StepHook
 from tasks.common import step_task
+from tasks.live_curves import LiveCurves
 
 VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +48,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(job: dict[str, Any], num_processes: int, ctx: StepContext) -> None:
-    """Run model.train under `accelerate launch`; stream its output; raise with its error."""
+def launch(job: dict[str, Any], num_processes: int, ctx: StepContext, on_step: StepHook) -> None:
+    """Run model.train under `accelerate launch`; stream its output (progress and step rows to
+    `ctx.progress` and `on_step`); raise with its error."""
     job_file = Path(job["out"]) / "job.json"
     job_file.write_text(json.dumps(job))
     cmd = [
@@ -72,6 +76,10 @@ def launch(job: dict[str, Any], num_processes: int, ctx: StepContext) -> None:
         if line.startswith("@@progress "):
             p = json.loads(line[len("@@progress ") :])
             ctx.progress(p["done"], p["total"], p["message"])
+            continue
+        if line.startswith("@@step "):
+            s = json.loads(line[len("@@step ") :])
+            on_step(s["row"], s["fraction"])
             continue
         if line.startswith("@@error "):
             error = line[len("@@error ") :]
@@ -141,14 +149,16 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         "checkpoints": str(ckpts),
         "tokenizer": str(tokenizer),
     }
+    live = LiveCurves(ctx, f"Pretraining {cfg.arch}/{cfg.preset}: live")
     if cfg.num_processes > 1:
-        launch(job, cfg.num_processes, ctx)
+        launch(job, cfg.num_processes, ctx, live)
         metrics = json.loads((ctx.out / "metrics.json").read_text())
     else:
         metrics = train(
             cfg, shards, ctx.out, ckpts, tokenizer,
-            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m),
+            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), on_step=live,
         )  # fmt: skip
+    live.close({"step": metrics["steps"], "val_loss": metrics["val_loss"], "val_bpb": metrics["val_bpb"]})
     ctx.timings.update({k: metrics.pop(k) for k in TIMINGS})
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # the final checkpoint travels with the artifact; the work directory is then released

@@ -44,13 +44,13 @@ from llmflow.config.data import (
 )
 from llmflow.config.evaluation import ChangeThreshold, EvaluateConfig, GateConfig, NonInferiority, Threshold
 from llmflow.config.serving import ServeConfig
-from llmflow.config.training import DPOConfig, FinetuneConfig, PretrainConfig
+from llmflow.config.training import DashboardConfig, DPOConfig, FinetuneConfig, PretrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 __all__ = [
     "MAX_BATCH", "MAX_ITEMS", "MAX_PROCESSES", "MAX_SECONDS", "MAX_SEED", "MAX_STEPS", "MAX_TOKENS",
-    "ChangeThreshold", "ConfigError", "DPOConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
+    "ChangeThreshold", "ConfigError", "DPOConfig", "DashboardConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
     "FinetuneConfig", "GateConfig", "IngestConfig", "InputError", "LangIdConfig", "MinHashConfig",
     "NonInferiority", "NormalizeConfig", "PackConfig", "PiiConfig", "PipelineConfig", "PrepareConfig",
     "PretrainConfig", "QualityConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
@@ -73,6 +73,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
 
 # --------------------------------------------------------------------------- loading
