@@ -6,7 +6,9 @@
 shows every training run. Every `ctx.dashboard.refresh_seconds` (and after the first and the
 last step) the step's `live-curve` view is published: the loss curve as a picture and a sparkline,
 the latest figures, tokens/s and the time left; the Prefect adapter (tasks/common.py) updates that
-artifact in place. Event files hold wall-clock times, so nothing here goes into the step's
+artifact in place. The Prefect UI fetches an artifact when its page is opened, reloaded or focused
+again but does not poll it, while it polls a Running flow run's logs (every 5 s): each refresh
+also logs one `live:` line with the same figures. Event files hold wall-clock times, so nothing here goes into the step's
 artifact (the same key must give the same files); a rerun of the same key purges the steps it
 repeats from the earlier event files (TensorBoard's `purge_step`).
 """
@@ -102,10 +104,20 @@ class LiveCurves:
         self.window = (row["tokens"], row["seconds"])
         self.last_publish = now
         self.published += 1
+        self.ctx.logger.info("%s", self.summary(finished))
         try:
             self.ctx.view(self.markdown(finished), "live-curve")
         except Exception as e:  # the UI is a view; never fail a step over it
             self.ctx.logger.warning("live curve not published: %s", e)
+
+    def summary(self, finished: bool = False) -> str:
+        """One line for the logs (which the Prefect UI polls while a run is Running)."""
+        row, f = self.rows[-1], self.fraction
+        rate = f"{self.tokens_per_s:,.0f} tokens/s" if self.tokens_per_s is not None else "tokens/s: —"
+        if finished:
+            return f"live: finished, step {row['step']}, loss {row['loss']:.4f}, {rate}"
+        left = duration(row["seconds"] * (1 - f) / f) if f > 0 else "?"
+        return f"live: step {row['step']}, loss {row['loss']:.4f}, {rate}, {100 * f:.0f}% done, about {left} left"
 
     def markdown(self, finished: bool = False) -> str:
         row, f = self.rows[-1], self.fraction
