@@ -255,7 +255,7 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
     losses = scalars(logdir)["loss/train"]
     assert len(losses) >= max(later) and [s for s, _ in losses] == list(range(1, len(losses) + 1))
     print(
-        f"live curves in the browser: {time.monotonic() - t0:.1f}s, steps seen {first} {later} {a} {b}; {shots}"
+        f"live curves in the browser: {time.monotonic() - t0:.1f}s, steps seen {shown} {first} {later}; {shots}"
     )
 
 
