@@ -52,12 +52,11 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
 
     ckpts = ctx.work_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    live = LiveCurves(ctx, f"Fine-tuning ({cfg.method}): live")
-    result, tokenizer, data = sft.finetune(
-        base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
-        log=lambda m: ctx.logger.info("%s", m), on_step=live,
-    )  # fmt: skip
-    live.close()
+    with LiveCurves(ctx, f"Fine-tuning ({cfg.method}): live") as live:
+        result, tokenizer, data = sft.finetune(
+            base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
+            log=lambda m: ctx.logger.info("%s", m), on_step=live,
+        )  # fmt: skip
     stats = result.stats
     ctx.timings["seconds"] = stats.pop("seconds")
     base_name = f"pretrain/{ctx.inputs['base'].key}/model"

@@ -149,16 +149,20 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         "checkpoints": str(ckpts),
         "tokenizer": str(tokenizer),
     }
-    live = LiveCurves(ctx, f"Pretraining {cfg.arch}/{cfg.preset}: live")
-    if cfg.num_processes > 1:
-        launch(job, cfg.num_processes, ctx, live)
-        metrics = json.loads((ctx.out / "metrics.json").read_text())
-    else:
-        metrics = train(
-            cfg, shards, ctx.out, ckpts, tokenizer,
-            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), on_step=live,
-        )  # fmt: skip
-    live.close({"step": metrics["steps"], "val_loss": metrics["val_loss"], "val_bpb": metrics["val_bpb"]})
+    with LiveCurves(ctx, f"Pretraining {cfg.arch}/{cfg.preset}: live") as live:
+        if cfg.num_processes > 1:
+            launch(job, cfg.num_processes, ctx, live)
+            metrics = json.loads((ctx.out / "metrics.json").read_text())
+        else:
+            metrics = train(
+                cfg, shards, ctx.out, ckpts, tokenizer,
+                on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), on_step=live,
+            )  # fmt: skip
+        live.final = {
+            "step": metrics["steps"],
+            "val_loss": metrics["val_loss"],
+            "val_bpb": metrics["val_bpb"],
+        }
     ctx.timings.update({k: metrics.pop(k) for k in TIMINGS})
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # the final checkpoint travels with the artifact; the work directory is then released
