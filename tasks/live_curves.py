@@ -128,7 +128,7 @@ class Snapshot:
                 "",
                 status,
                 "",
-                "| | |",
+                "| figure | now |",
                 "|---|---|",
                 *[f"| {k} | {v} |" for k, v in cells],
                 "",

@@ -34,7 +34,10 @@ from tests.livestack import ROOT, chromium, free_port, missing_prerequisite, tai
 from tests.prereq import skip_missing
 from tests.test_pretrain import pack_like
 
-TRAIN_SECONDS = 20  # the pretraining's wall-clock budget in the browser test
+# The browser test's pretraining budget (wall clock): the browser must open two pages while the
+# run is still Running. On a heavily loaded machine everything else slows down but this clock does
+# not: lengthen it there with LLMFLOW_LIVE_TEST_SECONDS.
+TRAIN_SECONDS = float(os.environ.get("LLMFLOW_LIVE_TEST_SECONDS") or 20)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
@@ -211,7 +214,7 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        server.start()
+        server.start(timeout=600)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
@@ -238,9 +241,12 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
 
             # 2. The flow run's page, never reloaded: Running, and the `live:` log lines move on
             page.goto(f"{server.url}/runs/flow-run/{run_id}", wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Logs").click()
-            page.get_by_label("log sort order").click()
-            page.get_by_role("option", name="Newest to oldest").click()
+            page.get_by_text("Running", exact=True).first.wait_for()
+            if not page.get_by_text(
+                "Newest to oldest", exact=True
+            ).count():  # the log order, as a person sets it
+                page.get_by_text("Oldest to newest", exact=True).first.click()
+                page.get_by_text("Newest to oldest", exact=True).last.click()
             first = wait_for(lambda: live_steps(page), 60, "a live: line in the run's logs", 0.5, proc, log)
             later = wait_for(
                 lambda: max(live_steps(page) or [0]) > max(first) and live_steps(page), 60,
