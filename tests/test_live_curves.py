@@ -316,7 +316,7 @@ if __name__ == "__main__":
     from deployments.localserver import healthy
 
     spec = json.loads(Path(sys.argv[1]).read_text())
-    wait_for(lambda: healthy(spec["api_url"]), 180, "the Prefect server", interval=0.3)
+    wait_for(lambda: healthy(spec["api_url"]), 600, "the Prefect server", interval=0.3)
     live_curves_flow(
         config=PipelineConfig.model_validate(spec["config"]),
         shards=StepRef(**spec["shards"]),
