@@ -246,7 +246,7 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
                 "Newest to oldest", exact=True
             ).count():  # the log order, as a person sets it
                 page.get_by_text("Oldest to newest", exact=True).first.click()
-                page.get_by_text("Newest to oldest", exact=True).last.click()
+                page.get_by_text("Newest to oldest", exact=True).filter(visible=True).first.click()
             first = wait_for(lambda: live_steps(page), 60, "a live: line in the run's logs", 0.5, proc, log)
             later = wait_for(
                 lambda: max(live_steps(page) or [0]) > max(first) and live_steps(page), 60,
