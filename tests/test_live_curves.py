@@ -253,7 +253,7 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
 
             # 3. When the run is over, the same artifact (updated in place) says so
             assert proc.wait(timeout=180) == 0, tail(log)
-            page.reload(wait_until="domcontentloaded")
+            page.goto(f"{server.url}/artifacts/artifact/{art.id}", wait_until="domcontentloaded")
             page.get_by_text(re.compile(r"finished after \d+ steps")).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "live-curve-final.png"), full_page=True)
             browser.close()
