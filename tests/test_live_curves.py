@@ -224,6 +224,9 @@ def test_the_prefect_ui_shows_the_loss_curve_move_while_the_run_is_running(tmp_p
                 lambda: live_artifact(server.api_url), 180, "the live-curve artifact", 0.5, proc, log
             )
             run_id = art.flow_run_id
+            wait_for(
+                lambda: api_step(server.api_url, art.id) > 1, 120, "the first update in place", 0.5, proc, log
+            )
 
             # 1. The artifact's page while the run is Running: the figures of a later step than the
             # first view's (step 1), and the picture, in the one artifact under the key
@@ -286,6 +289,16 @@ def live_artifact(api_url: str):
     with api(api_url) as c:
         found = c.read_artifacts(artifact_filter=_key_filter())
     return found[0] if found else None
+
+
+def api_step(api_url: str, artifact_id) -> int:
+    """The step the artifact's data shows now, as the API serves it (0 once finished)."""
+    from tests.livestack import api
+
+    with api(api_url) as c:
+        data = c.read_artifacts(artifact_filter=_key_filter())[0].data
+    m = re.search(r"running\*\*: step (\d+)", str(data))
+    return int(m.group(1)) if m else 0
 
 
 def state(api_url: str, run_id) -> str:
