@@ -49,7 +49,7 @@ def finetune_on_feedback(
     tuning = tuning or FeedbackTuning()
     with track(config, home, "feedback", **tracking_context()) as tracker:  # one MLflow run, when configured
         upstream = {k: StepRef(**v) for k, v in compose(config, "pretrain", False, home).items()}
-        run = StepRunner(home=home, force=force, tracker=tracker)
+        run = StepRunner(home=home, force=force, tracker=tracker, dashboard=config.dashboard)
         base = upstream.get("pretrain") or upstream["base_model"]  # finetune.base: no pretrain step
         shards, task = upstream["pack"], upstream["task_data"]
         if sft_path or preferences_path:

@@ -57,7 +57,13 @@ def compose(
     brought = preflight(config)  # a base model that cannot be used fails here, before any work
     skip_pretrain = config.finetune.base is not None
     with track(config, home, until, **tracking_context()) as tracker:  # MLflow, when configured
-        run = StepRunner(home=home, force=force, until=_stop_after(until, config), tracker=tracker)
+        run = StepRunner(
+            home=home,
+            force=force,
+            until=_stop_after(until, config),
+            tracker=tracker,
+            dashboard=config.dashboard,
+        )
         # Source files and erasure requests change under an unchanged config: both join the key.
         docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))
         task = run(build_task_data, config.task_data, extra=task_extra(config.task_data, home))

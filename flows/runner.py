@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import unmapped
 
+from llmflow.config import DashboardConfig
 from llmflow.store import StepRef
 
 
@@ -15,14 +16,21 @@ class StepRunner:
 
     A step whose inputs are None (upstream was skipped) is skipped too, so a flow body can be
     written as the full diagram and still stop early. Each step's ref goes to `tracker.step`
-    (llmflow/mlflow_tracking.py) once it is done.
+    (llmflow/mlflow_tracking.py) once it is done. `dashboard` (what training steps show while
+    they run) goes to every step outside its key.
     """
 
     def __init__(
-        self, home: str | None = None, force: bool = False, until: str | None = None, tracker: Any = None
+        self,
+        home: str | None = None,
+        force: bool = False,
+        until: str | None = None,
+        tracker: Any = None,
+        dashboard: DashboardConfig | None = None,
     ):
         self.home = home
         self.force = force
+        self.dashboard = dashboard
         self.until = until
         self.tracker = tracker
         self.done = False
@@ -36,7 +44,10 @@ class StepRunner:
         if self.done or any(v is None for v in inputs.values()):
             return None
         t0 = time.time()
-        state = step_task(config, inputs, home=self.home, force=self.force, extra=extra, return_state=True)
+        state = step_task(
+            config, inputs, home=self.home, force=self.force, extra=extra, dashboard=self.dashboard,
+            return_state=True,
+        )  # fmt: skip
         ref: StepRef = state.result()
         status = "cached" if (state.name == "Cached" or ref.status == "cached") else "ran"
         ref = ref.model_copy(update={"status": status, "seconds": round(time.time() - t0, 2)})
@@ -64,6 +75,7 @@ class StepRunner:
             home=unmapped(self.home),
             force=unmapped(self.force),
             extra=extras if extras is not None else unmapped(None),
+            dashboard=unmapped(self.dashboard),
         )
         refs = []
         for future in futures:

@@ -9,8 +9,8 @@ hash in any checkout, at any path, on any machine.
 
 Not hashed are the modules that carry a step's output but do not shape it (`EXCLUDED`): the
 runner, the artifact store, the Prefect adapter, the config schema (a step sees its config only
-as values, and those are in the key already) and the event names (emitted after a step, never
-written into it). Their imports are not followed. A module outside the project (a library) is
+as values, and those are in the key already), the event names (emitted after a step, never
+written into it) and the live training curves (a view, written outside the artifact). Their imports are not followed. A module outside the project (a library) is
 not hashed either: a library upgrade does not recompute anything, bump the step's `VERSION`.
 
 Hashes are cached per process: a file is read once, as the code this process runs was imported
@@ -36,6 +36,7 @@ EXCLUDED = frozenset(
         "llmflow.config",  # the schema (a package: all of it); its effect on a step is the
         # config values, in the key
         "llmflow.events",  # event names, emitted after a step
+        "tasks.live_curves",  # a view of a training step while it runs, written outside its artifact
     }
 )
 ROOT = Path(__file__).resolve().parents[1]

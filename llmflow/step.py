@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.code_hash import code_hash
+from llmflow.config import DashboardConfig
 from llmflow.store import ArtifactStore, StepRef, step_key
 
 log = logging.getLogger("llmflow")
@@ -61,6 +62,7 @@ class StepContext:
     on_publish: PublishFn | None = None
     code: str | None = None  # the step's code hash, part of its key (for keys of sub-artifacts)
     timings: dict[str, Any] = field(default_factory=dict)  # wall-clock figures, for the manifest
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)  # a view: not in the key
 
     @property
     def work_dir(self) -> Path:
@@ -86,6 +88,12 @@ class StepContext:
     def report(self, markdown: str, name: str = "report") -> None:
         """A markdown report: saved as `<name>.md` in the output and shown in the Prefect UI."""
         (self.out / f"{name}.md").write_text(markdown)
+        if self.on_publish is not None:
+            self.on_publish("markdown", name, markdown)
+
+    def view(self, markdown: str, name: str) -> None:
+        """A markdown view for the Prefect UI only, never saved (it may show wall-clock figures);
+        shown again under the same name, it replaces the earlier one in place (live curves)."""
         if self.on_publish is not None:
             self.on_publish("markdown", name, markdown)
 
@@ -128,6 +136,7 @@ def run_step(
     on_progress: ProgressFn | None = None,
     on_publish: PublishFn | None = None,
     logger: logging.Logger | None = None,
+    dashboard: DashboardConfig | None = None,
 ) -> StepRef:
     store = store or ArtifactStore()
     inputs = dict(inputs or {})
@@ -162,6 +171,7 @@ def run_step(
             on_progress=on_progress,
             on_publish=on_publish,
             code=manifest["code"]["sha256"],
+            dashboard=dashboard or DashboardConfig(),
         )
         stats = fn(ctx) or {}
         manifest["stats"] = stats

@@ -73,8 +73,10 @@ def run(
     on_progress: Callable[[float, float, str], None] | None = None,
     log: Callable[[str], None] = print,
     what: str = "training",
+    on_step: Callable[[dict, float], None] | None = None,
 ) -> None:
-    """Run `cmd`, stream its output; RuntimeError with the subprocess's own error when it fails."""
+    """Run `cmd`, stream its output (`@@progress` lines to `on_progress`, `@@step` rows to
+    `on_step`); RuntimeError with the subprocess's own error when it fails."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -94,6 +96,11 @@ def run(
                 p = json.loads(line[len("@@progress ") :])
                 if on_progress is not None:
                     on_progress(p["done"], p["total"], p["message"])
+                continue
+            if line.startswith("@@step "):
+                row = json.loads(line[len("@@step ") :])
+                if on_step is not None:
+                    on_step(row["row"], row["fraction"])
                 continue
             if line.startswith("@@error "):
                 error = line[len("@@error ") :]

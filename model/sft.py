@@ -32,6 +32,7 @@ from model.sft_data import IGNORE, BucketedBatches, SFTData, build_sft, collate
 from model.train import (
     LogFn,
     ProgressFn,
+    StepHook,
     build_optimizers,
     lr_factor,
     make_accelerator,
@@ -77,13 +78,15 @@ def train_sft(
     progress: ProgressFn | None = None,
     checkpoint_dir: str | Path | None = None,
     log: LogFn = log.info,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """The fine-tuning loop. `model` is already wrapped (see `wrap_model`); returns it unwrapped.
 
     With `checkpoint_dir`, saves a checkpoint every `cfg.checkpoint_every` steps (and at the end)
     and, when `cfg.resume`, first continues from the newest one that loads (CheckpointError when
     none does, or when they belong to another model or adapter). `progress(fraction, 1.0, msg)`
-    is called after every step with msg `step N loss L`.
+    is called after every step with msg `step N loss L`, and `on_step(row, fraction)` with the
+    step's history row (step, tokens so far, seconds, lr, loss).
     """
     if not train:
         raise ValueError("no usable training examples (all rows were rejected?)")
@@ -120,8 +123,8 @@ def train_sft(
             break
         lr = cfg.lr * lr_factor(cfg, step, done)
         set_lr(raw_opts, lr)
-        mine = batches(step * world + rank)
-        batch = {k: v.to(acc.device) for k, v in collate([train[i] for i in mine], pad_id).items()}
+        examples = [train[i] for i in batches(step * world + rank)]
+        batch = {k: v.to(acc.device) for k, v in collate(examples, pad_id).items()}
         loss = model(**batch).loss
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
@@ -129,12 +132,18 @@ def train_sft(
             opt.step()
             opt.zero_grad(set_to_none=True)
         step += 1
+        # every process takes its own batch: the run's tokens are about `world` times this one's
+        tokens = (history[-1]["tokens"] if history else 0) + world * sum(
+            len(e["input_ids"]) for e in examples
+        )
         elapsed = time.time() - t_start
         mean = acc.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
-        history.append({"step": step, "loss": mean, "lr": lr, "seconds": round(elapsed, 3)})
+        history.append({"step": step, "tokens": tokens, "loss": mean, "lr": lr, "seconds": round(elapsed, 3)})
+        fraction = min(run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds), 1.0)
         if progress is not None and main:
-            fraction = min(run_fraction(step, cfg.max_steps, elapsed, cfg.max_seconds), 1.0)
             progress(fraction, 1.0, f"step {step} loss {history[-1]['loss']:.3f}")
+        if on_step is not None and main:
+            on_step(dict(history[-1]), fraction)
         if checkpoint_dir is not None and step % cfg.checkpoint_every == 0:
             save_checkpoint()
     if checkpoint_dir is not None and history and step % cfg.checkpoint_every:
@@ -163,6 +172,7 @@ def finetune(
     progress: ProgressFn | None = None,
     checkpoint_dir: str | Path | None = None,
     log: LogFn = log.info,
+    on_step: StepHook | None = None,
 ) -> tuple[TrainResult, Any, dict[str, SFTData]]:
     """Load the base at `model_dir`, fine-tune it with `cfg.method`: (result, tokenizer, data).
 
@@ -180,8 +190,9 @@ def finetune(
     trainable, total = param_counts(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = train_sft(
-        model, data["train"].examples, data["validation"].examples, cfg, pad_id, progress, checkpoint_dir, log
-    )
+        model, data["train"].examples, data["validation"].examples, cfg, pad_id, progress, checkpoint_dir, log,
+        on_step,
+    )  # fmt: skip
     result.stats.update(
         trainable_params=trainable,
         total_params=total,

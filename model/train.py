@@ -5,9 +5,10 @@
 
 `job.json` = {"config": <PretrainConfig>, "shards": dir, "out": dir, "checkpoints": dir,
 "tokenizer": dir or null, "init_from": model dir or null}. With `init_from` the run continues
-pretraining that checkpoint (a base model's `model/` folder) instead of a fresh preset model. The main process writes `out/model/`, `out/metrics.json` and
-`out/loss.csv`; when launched, it prints `@@progress {"done","total","message"}` lines that the
-pretrain task turns into progress reports.
+pretraining that checkpoint (a base model's `model/` folder) instead of a fresh preset model. The
+main process writes `out/model/`, `out/metrics.json` and `out/loss.csv`; when launched, it prints
+`@@progress {"done","total","message"}` and `@@step {"row","fraction"}` lines that the pretrain
+task turns into progress reports and live curves.
 
 What a step is: `grad_accum` micro-batches of `batch_size` windows per process, then one
 optimizer update. The learning-rate schedule runs on a progress fraction in [0, 1], the largest
@@ -45,6 +46,9 @@ from model.presets import build_config, build_model, count_params
 
 ProgressFn = Callable[[float, float, str], None]
 LogFn = Callable[[str], None]
+# Called on the main process after every optimizer step with that step's row (step, tokens,
+# seconds, lr, loss, and val_loss/val_bpb on evaluation steps) and the run's fraction done.
+StepHook = Callable[[dict[str, Any], float], None]
 
 # Nominal peaks for MFU. CPU: 2.5 GHz x 32 fp32 FLOP/cycle (AVX2: 2 FMA units x 8 lanes x 2) per
 # core = 80 GFLOP/s per core. Override with LLMFLOW_PEAK_FLOPS (per process).
@@ -236,6 +240,7 @@ def train(
     on_progress: ProgressFn | None = None,
     log: LogFn = print,
     init_from: str | Path | None = None,
+    on_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """Pretrain from scratch, or from the weights at `init_from` (or resume from
     `checkpoint_dir`); returns the metrics dict.
@@ -391,10 +396,11 @@ def train(
             row.update(val_loss=last_val["loss"], val_bpb=last_val["bpb"])
             say(f"step {step} val_loss {last_val['loss']:.4f} val_bpb {last_val['bpb']:.4f}")
         rows.append(row)
+        fraction = min(progress_of(step, tokens, elapsed), 1.0)
         if on_progress is not None and main:
-            on_progress(
-                min(progress_of(step, tokens, elapsed), 1.0), 1.0, f"step {step} loss {mean_loss:.3f}"
-            )
+            on_progress(fraction, 1.0, f"step {step} loss {mean_loss:.3f}")
+        if on_step is not None and main:
+            on_step(dict(row), fraction)
         if step % cfg.checkpoint_every == 0:
             save_checkpoint()
 
@@ -476,10 +482,14 @@ def main(argv: list[str] | None = None) -> None:
     def progress(done: float, total: float, message: str) -> None:
         print("@@progress " + json.dumps({"done": done, "total": total, "message": message}), flush=True)
 
+    def step_row(row: dict[str, Any], fraction: float) -> None:
+        print("@@step " + json.dumps({"row": row, "fraction": fraction}), flush=True)
+
     try:
         train(
             cfg, job["shards"], job["out"], job.get("checkpoints"), job.get("tokenizer"),
             on_progress=progress, log=lambda m: print(m, flush=True), init_from=job.get("init_from"),
+            on_step=step_row,
         )  # fmt: skip
     except (ShardError, ckpt.CheckpointError, ValueError) as e:
         print(f"@@error {type(e).__name__}: {e}", flush=True)

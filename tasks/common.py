@@ -18,19 +18,23 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
+    TableArtifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import CachePolicy
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
-from llmflow.config import InputError
+from llmflow.config import DashboardConfig, InputError
 from llmflow.step import StepFn, compute_key, run_step
 from llmflow.store import ArtifactStore, StepRef
 
@@ -75,6 +79,7 @@ class _PrefectReporter:
         self.logger = get_run_logger()
         self.progress_id = None
         self.last = 0.0
+        self.artifact_ids: dict[str, UUID] = {}
 
     def progress(self, done: float, total: float, message: str) -> None:
         frac = 100.0 * (done / total) if total else 0.0
@@ -96,17 +101,24 @@ class _PrefectReporter:
             self.logger.info("%s %.0f%% %s", self.step, frac, message)
 
     def publish(self, kind: str, name: str, payload: Any) -> None:
+        """Create the artifact `<step>-<name>`; published again in this task run (the live
+        training curve), it is updated in place by id instead of adding a version to the key."""
         key = _artifact_key(self.step, name)
+        description = f"{self.step}: {name}"
         try:
-            if kind == "markdown":
-                create_markdown_artifact(payload, key=key, description=f"{self.step}: {name}")
-            elif kind == "table":
-                create_table_artifact(payload, key=key, description=f"{self.step}: {name}")
-            elif kind == "image":
+            if kind == "image":
                 data = base64.b64encode(Path(payload["path"]).read_bytes()).decode()
-                md = f"### {payload.get('caption') or name}\n\n![{name}](data:image/png;base64,{data})\n"
-                create_markdown_artifact(md, key=key, description=f"{self.step}: {name}")
-        except Exception as e:
+                caption = payload.get("caption") or name
+                kind, payload = "markdown", f"### {caption}\n\n![{name}](data:image/png;base64,{data})\n"
+            if key in self.artifact_ids:
+                data = payload if kind == "markdown" else TableArtifact(table=payload).format()
+                with get_client(sync_client=True) as client:
+                    client.update_artifact(self.artifact_ids[key], ArtifactUpdate(data=data))
+            elif kind == "markdown":
+                self.artifact_ids[key] = create_markdown_artifact(payload, key=key, description=description)
+            elif kind == "table":
+                self.artifact_ids[key] = create_table_artifact(payload, key=key, description=description)
+        except Exception as e:  # the UI is a view; never fail a step over it
             self.logger.warning("could not publish %s artifact %s: %s", kind, key, e)
 
 
@@ -194,6 +206,7 @@ def step_task(
         home: str | None = None,
         force: bool = False,
         extra: Any = None,
+        dashboard: DashboardConfig | None = None,
     ) -> StepRef:
         reporter = _PrefectReporter(name)
         ref = run_step(
@@ -208,6 +221,7 @@ def step_task(
             on_progress=reporter.progress,
             on_publish=reporter.publish,
             logger=reporter.logger,
+            dashboard=dashboard,
         )
         reporter.logger.info("%s %s: %s", name, ref.status, ref.uri)
         if ref.status == "ran":

@@ -7,7 +7,8 @@ prompt tuning), `metrics.json`, `loss.csv`, `rejects.jsonl` (rows not used, with
 `lineage.json` (base, data, config, code hash; `base_model`: the checkpoint brought in, its hub
 revision and licence, when the base is or continues one) for the registry. No file holds a wall-clock
 figure or a local path (the training time is in the manifest's timings): the same key gives the
-same files in any home.
+same files in any home. While it trains, the loss curve, tokens/s and time left are shown live
+(tasks/live_curves.py: a `finetune-live-curve` artifact and TensorBoard event files).
 
 Checkpoints (trainable weights, optimizer, RNG states, step) are written every
 `checkpoint_every` steps to a work directory outside the staging folder,
@@ -33,6 +34,7 @@ from model import adapters, sft, sft_data
 from model import launch as launcher
 from tasks.base_model import base_record
 from tasks.common import step_task
+from tasks.live_curves import LiveCurves
 
 VERSION = 2
 
@@ -60,18 +62,19 @@ def finetune_step(ctx: StepContext) -> dict[str, Any]:
     brought = base_record(ctx.store, base_ref)
     hub_name = brought.get("hub") if brought is not None and base_ref.step == "base_model" else None
     base_name = hub_name or f"{base_ref.step}/{base_ref.key}/model"  # never a local path
-    if launcher.is_launched(cfg):
-        stats, history, rejects = _launched(ctx, cfg, base_dir, task_dir, ckpts, base_name)
-    else:
-        result, tokenizer, data = sft.finetune(
-            base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
-            log=lambda m: ctx.logger.info("%s", m),
-        )  # fmt: skip
-        stats, history = result.stats, result.history
-        rejects = {split: d.rejects for split, d in data.items()}
-        adapters.save_finetuned(
-            result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
-        )
+    with LiveCurves(ctx, f"Fine-tuning ({cfg.method}): live") as live:
+        if launcher.is_launched(cfg):
+            stats, history, rejects = _launched(ctx, cfg, base_dir, task_dir, ckpts, base_name)
+        else:
+            result, tokenizer, data = sft.finetune(
+                base_dir, train_rows, val_rows, cfg, progress=ctx.progress, checkpoint_dir=ckpts,
+                log=lambda m: ctx.logger.info("%s", m), on_step=live,
+            )  # fmt: skip
+            stats, history = result.stats, result.history
+            rejects = {split: d.rejects for split, d in data.items()}
+            adapters.save_finetuned(
+                result.model, tokenizer, ctx.out, cfg.method, base_dir, stats["base_fingerprint"], base_name
+            )
     ctx.timings["seconds"] = stats.pop("seconds")
 
     with open(ctx.out / "loss.csv", "w", newline="") as f:

@@ -5,7 +5,8 @@ Inputs: `shards` (pack) and `tokenizer`, plus `init` (a `base_model` artifact) w
 with AutoModelForCausalLM/AutoTokenizer), `checkpoints/` (the final checkpoint), `metrics.json`,
 `loss.csv`, `loss.png` and a report with samples. The wall-clock figures (seconds, tokens/s, MFU,
 energy) go to the manifest's timings and the Prefect UI, not into the files: the same key gives
-the same files.
+the same files. While it trains, the loss curve, tokens/s and time left are shown live
+(tasks/live_curves.py: a `pretrain-live-curve` artifact and TensorBoard event files).
 
 Checkpoints are written to a work directory outside the staging folder,
 `<LLMFLOW_HOME>/work/pretrain/<key>/checkpoints`, so a killed or retried task with the same key
@@ -31,21 +32,28 @@ from llmflow.config import PretrainConfig
 from llmflow.step import StepContext
 from llmflow.store import StepRef, step_key
 from model import launch as launcher
+from model.train import StepHook
 from tasks.base_model import tokenizer_dir
 from tasks.common import step_task
+from tasks.live_curves import LiveCurves
 
 VERSION = 1
 TIMINGS = ("seconds", "tokens_per_s", "mfu", "energy_wh")  # of model.train's metrics
 SAMPLE_PROMPTS = ["def ", "The ", "Return the", "import "]
 
 
-def launch(job: dict[str, Any], cfg: PretrainConfig, ctx: StepContext) -> None:
-    """Run model.train under `accelerate launch` (model/launch.py); stream its output; raise with its error."""
+def launch(
+    job: dict[str, Any], cfg: PretrainConfig, ctx: StepContext, on_step: StepHook | None = None
+) -> None:
+    """Run model.train under `accelerate launch` (model/launch.py); stream its output (progress
+    and step rows to `ctx.progress` and `on_step`); raise with its error."""
     job_file = Path(job["out"]) / "job.json"
     job_file.write_text(json.dumps(job))
     try:
         cmd = launcher.command("model.train", job_file, cfg)
-        launcher.run(cmd, cfg.num_processes, ctx.progress, lambda m: ctx.logger.info("%s", m), "pretraining")
+        launcher.run(
+            cmd, cfg.num_processes, ctx.progress, lambda m: ctx.logger.info("%s", m), "pretraining", on_step
+        )
     finally:
         job_file.unlink(missing_ok=True)
 
@@ -109,16 +117,23 @@ def pretrain_step(ctx: StepContext) -> dict[str, Any]:
         "tokenizer": str(tokenizer),
         "init_from": None if init is None else str(init),
     }
-    if launcher.is_launched(cfg):
-        launch(job, cfg, ctx)
-        if cfg.machine_rank > 0:
-            return _joined(cfg, ctx)
-        metrics = json.loads((ctx.out / "metrics.json").read_text())
-    else:
-        metrics = train(
-            cfg, shards, ctx.out, ckpts, tokenizer,
-            on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), init_from=init,
-        )  # fmt: skip
+    with LiveCurves(ctx, f"Pretraining {_title(cfg)}: live") as live:
+        if launcher.is_launched(cfg):
+            launch(job, cfg, ctx, live)
+            if cfg.machine_rank > 0:
+                return _joined(cfg, ctx)
+            metrics = json.loads((ctx.out / "metrics.json").read_text())
+        else:
+            metrics = train(
+                cfg, shards, ctx.out, ckpts, tokenizer,
+                on_progress=ctx.progress, log=lambda m: ctx.logger.info("%s", m), init_from=init,
+                on_step=live,
+            )  # fmt: skip
+        live.final = {
+            "step": metrics["steps"],
+            "val_loss": metrics["val_loss"],
+            "val_bpb": metrics["val_bpb"],
+        }
     ctx.timings.update({k: metrics.pop(k) for k in TIMINGS})
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # the final checkpoint travels with the artifact; the work directory is then released

@@ -196,7 +196,7 @@ def test_vocab_mismatch_between_tokenizer_and_shards_is_an_error(store, inputs, 
 def test_two_processes_under_accelerate_launch(store, inputs):
     rec = Recorder()
     ref = run_step("pretrain", VERSION, pretrain_step, cfg(num_processes=2, max_steps=6, eval_every=3),
-                   inputs, store=store, on_progress=rec.on_progress)  # fmt: skip
+                   inputs, store=store, on_progress=rec.on_progress, on_publish=rec.on_publish)  # fmt: skip
     out = store.local_path(ref)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2
@@ -207,6 +207,12 @@ def test_two_processes_under_accelerate_launch(store, inputs):
     assert r0["weights_sha256"] == r1["weights_sha256"]  # and ended with the same weights
     assert rec.progress and rec.progress[-1][0] == pytest.approx(1.0)  # streamed from the subprocess
     assert (out / "model" / "model.safetensors").exists()
+    # the live curves too: each step's row came through `@@step` lines into the event files
+    from tests.test_live_curves import scalars
+
+    [logdir] = Path(store.path("tensorboard", "pretrain")).iterdir()
+    assert [s for s, _ in scalars(logdir)["loss/train"]] == [1, 2, 3, 4, 5, 6]
+    assert ("markdown", "live-curve") in rec.published
 
 
 def test_subprocess_failure_fails_the_step_with_its_error(store, inputs):

@@ -45,13 +45,19 @@ from llmflow.config.data import (
 from llmflow.config.evaluation import ChangeThreshold, EvaluateConfig, GateConfig, NonInferiority, Threshold
 from llmflow.config.serving import ServeConfig
 from llmflow.config.tracking import TrackingConfig
-from llmflow.config.training import BaseModelConfig, DPOConfig, FinetuneConfig, PretrainConfig
+from llmflow.config.training import (
+    BaseModelConfig,
+    DashboardConfig,
+    DPOConfig,
+    FinetuneConfig,
+    PretrainConfig,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 __all__ = [
     "MAX_BATCH", "MAX_ITEMS", "MAX_PROCESSES", "MAX_SECONDS", "MAX_SEED", "MAX_STEPS", "MAX_TOKENS",
-    "BaseModelConfig", "ChangeThreshold", "ConfigError", "DPOConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
+    "BaseModelConfig", "ChangeThreshold", "ConfigError", "DPOConfig", "DashboardConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
     "FinetuneConfig", "GateConfig", "IngestConfig", "InputError", "LangIdConfig", "MinHashConfig",
     "NonInferiority", "NormalizeConfig", "PackConfig", "PiiConfig", "PipelineConfig", "PrepareConfig",
     "PretrainConfig", "QualityConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
@@ -75,6 +81,7 @@ class PipelineConfig(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @model_validator(mode="after")
     def _one_base(self) -> PipelineConfig:

@@ -1,4 +1,5 @@
-"""Sections of the training steps: pretrain, finetune (with DPO for feedback)."""
+"""Sections of the training steps: pretrain, finetune (with DPO for feedback), and the dashboard
+they feed while they train."""
 
 from __future__ import annotations
 
@@ -195,3 +196,16 @@ class FinetuneConfig(LaunchConfig):
                 "fine-tuning runs on one machine: set finetune.num_machines=1 (num_processes may be >1)"
             )
         return self
+
+
+class DashboardConfig(Section):
+    """What the training steps show while they run (tasks/live_curves.py). A view only: no step's
+    key includes it, so changing it recomputes nothing."""
+
+    refresh_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds between updates of the live loss curve, tokens/s and time left in the "
+        "Prefect UI (TensorBoard event files are written every step).",
+    )
