@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.fanout import check_runner
 from flows.prepare import prepare_sharded
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
@@ -38,7 +39,9 @@ def compose(
 ) -> dict[str, Any]:
     if until not in STEPS:
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
-    run = StepRunner(home=home, force=force, until=until)
+    if STEPS.index(until) >= STEPS.index("prepare"):
+        check_runner(config.runner)  # an unreachable Dask scheduler: one line, before any work
+    run = StepRunner(home=home, force=force, until=until, runner=config.runner)
     # Source files can change under an unchanged config: their fingerprint joins the key.
     docs = run(ingest, config.ingest, extra=sources_fingerprint(config.ingest))
     task = run(build_task_data, config.task_data, extra=task_fingerprint(config.task_data))
