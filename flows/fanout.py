@@ -47,7 +47,8 @@ def check_runner(cfg: RunnerConfig) -> None:
     try:
         client = distributed.Client(address, timeout=cfg.dask.connect_timeout, set_as_default=False)
     except Exception as e:  # OSError on a timeout or a refused port, ValueError on a bad address
-        reason = str(e).split("\n")[0] or type(e).__name__
+        reason = str(e).split("\n")[0] if isinstance(e, OSError | ValueError) else ""
+        reason = reason or f"no answer within {cfg.dask.connect_timeout:g} s"
         raise InputError(
             f"the Dask scheduler at runner.dask.address={address} is unreachable ({reason}): start it "
             "(`dask scheduler`), fix the address, or set runner.kind to threads or processes"
