@@ -6,6 +6,7 @@ section's forms; a bounded window of shards in flight on the thread and process 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,18 @@ def test_process_runner_equals_threads(tmp_path, sources):
     assert 1 <= len(pids) <= 2 and os.getpid() not in pids  # the pool's processes did the work
     assert {k: v["key"] for k, v in procs.items()} == {k: v["key"] for k, v in threads.items()}
     assert outputs(str(tmp_path / "threads"), threads) == outputs(str(tmp_path / "procs"), procs)
+
+
+def test_deployments_carry_the_runner_in_their_config():
+    """`llmflow server` / `llmflow deploy` pass the config as the flows' parameter; the flow reads
+    `config.runner` at run time, so a worker loading the flow from its module honours it."""
+    from deployments.serve import build_deployments
+    from llmflow.config import PipelineConfig
+
+    cfg = load_config("smoke", ["runner.kind=dask", "runner.dask.address=tcp://10.0.0.5:8786"])
+    deps = {d.name: d for d in build_deployments(cfg)}
+    assert deps["data-refresh"].entrypoint == "flows.data.data_flow"
+    for name in ("data-refresh", "pipeline", "retrain"):
+        assert PipelineConfig.model_validate(deps[name].parameters["config"]).runner == cfg.runner
+    schema = json.dumps(deps["data-refresh"].parameter_openapi_schema.model_dump())
+    assert "RunnerConfig" in schema and "DaskConfig" in schema  # typed in the UI's form
