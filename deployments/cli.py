@@ -115,8 +115,8 @@ def _check_runner(cfg: PipelineConfig) -> None:
 def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
     cfg = pipeline_config(preset, overrides)
     home = writable_home(home)
+    _prefect_env()  # before anything imports Prefect (prefect-dask does)
     _check_runner(cfg)
-    _prefect_env()
     from prefect import flow
     from prefect.logging.handlers import PrefectConsoleHandler
 

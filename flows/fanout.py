@@ -16,6 +16,7 @@ the flow object would be lost there).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -26,9 +27,11 @@ DASK_EXTRA = "pip install 'llmflow[dask]'"
 
 
 def _dask_modules() -> Any:
+    """`distributed`, once prefect-dask is known to be installed (not imported: it imports Prefect)."""
+    if importlib.util.find_spec("prefect_dask") is None:
+        raise InputError(f"runner.kind: dask needs prefect-dask and distributed: {DASK_EXTRA}")
     try:
         import distributed
-        import prefect_dask  # noqa: F401
     except ImportError:
         raise InputError(f"runner.kind: dask needs prefect-dask and distributed: {DASK_EXTRA}") from None
     return distributed
