@@ -44,11 +44,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.prepare_memory import MB, run_child  # noqa: E402
 from llmflow.store import ArtifactStore  # noqa: E402
 
+SHARD_DOCS = 5000  # the default `ingest.shard_docs`; --shard-docs gives a small corpus several shards
+
 
 def _config(corpus: str, path: Path) -> None:
     cfg = {
         "name": "bench",
-        "ingest": {"sources": [{"name": "bench", "kind": "jsonl", "path": corpus, "license": "mixed"}]},
+        "ingest": {
+            "sources": [{"name": "bench", "kind": "jsonl", "path": corpus, "license": "mixed"}],
+            "shard_docs": SHARD_DOCS,
+        },
         "prepare": {"decontaminate": {"enabled": False}},
     }
     path.write_text(yaml.safe_dump(cfg))
@@ -123,11 +128,15 @@ def main() -> None:
     ap.add_argument("--unbounded", action="store_true", help="Also measure every shard in flight at once.")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds.")
+    ap.add_argument("--shard-docs", type=int, default=SHARD_DOCS, help="ingest.shard_docs.")
     ap.add_argument("--out", default="benchmarks/results/dask-scaling.json")
     args = ap.parse_args()
+    global SHARD_DOCS
+    SHARD_DOCS = args.shard_docs
     out: dict = {
         "cpu": os.cpu_count(),
         "commit": _git_commit(),
+        "shard_docs": SHARD_DOCS,
         "note": "timings measured under load when loadavg exceeds the core count",
         "scaling": [],
         "memory": [],
