@@ -121,6 +121,7 @@ def run_data(corpus: str, sets: list[str], interval: float) -> dict:
 
 
 def main() -> None:
+    global SHARD_DOCS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="/tmp/bench/corpus-100M.jsonl", help="The 100 MB corpus.")
     ap.add_argument("--big", default=None, help="The 1 GB corpus (memory only); skipped when not given.")
@@ -131,7 +132,6 @@ def main() -> None:
     ap.add_argument("--shard-docs", type=int, default=SHARD_DOCS, help="ingest.shard_docs.")
     ap.add_argument("--out", default="benchmarks/results/dask-scaling.json")
     args = ap.parse_args()
-    global SHARD_DOCS
     SHARD_DOCS = args.shard_docs
     out: dict = {
         "cpu": os.cpu_count(),
