@@ -166,6 +166,7 @@ def main() -> None:
         if 1 in rates:
             out["efficiency"] = {n: round(v / (n * rates[1]), 3) for n, v in rates.items() if n > 1}
             print(f"scaling efficiency (fan-out docs/s over N x one worker's): {out['efficiency']}")
+            save()
     runs = [("threads", args.corpus, ["runner.kind=threads"])]
     if args.big:
         runs.append(("threads", args.big, ["runner.kind=threads"]))
