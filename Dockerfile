@@ -1,5 +1,5 @@
-# llmflow: one image for the Prefect server, the Prefect worker that runs the flows, and the
-# serving endpoint (see docker-compose.yml and docs/operations.md).
+# llmflow: one image for the Prefect server, the Prefect worker that runs the flows, the Dask
+# scheduler and workers of the data flow, and the serving endpoint (see docker-compose.yml and docs/operations.md).
 #
 #   docker build -t llmflow .                                  # CPU torch
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 -t llmflow:gpu .
@@ -31,7 +31,7 @@ COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
 COPY configs ./configs
-RUN pip install . \
+RUN pip install ".[dask]" \
     && useradd --create-home --uid 1000 llmflow \
     && mkdir -p /data/llmflow \
     && chown -R llmflow /data/llmflow

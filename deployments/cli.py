@@ -101,6 +101,18 @@ class _OneLineFailures(logging.Filter):
         return True
 
 
+def _check_runner(cfg: PipelineConfig) -> None:
+    """The data fan-out's runner can start (an unreachable Dask scheduler is one line, exit 2),
+    checked before the Prefect server starts; the flow checks again (deployments run it too).
+    Every pipeline verb runs through `prepare`, so every one checks."""
+    from flows.fanout import check_runner
+
+    try:
+        check_runner(cfg.runner)
+    except InputError as e:
+        fail(str(e))
+
+
 def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool, home: str | None) -> None:
     cfg = pipeline_config(preset, overrides)
     home = writable_home(home)
@@ -111,7 +123,8 @@ def _run_flow(until: str, preset: str, overrides: list[str] | None, force: bool,
             preflight(cfg)
         except InputError as e:
             fail(str(e), code=2)
-    _prefect_env()
+    _prefect_env()  # before anything imports Prefect (prefect-dask does)
+    _check_runner(cfg)
     from prefect import flow
     from prefect.logging.handlers import PrefectConsoleHandler
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.fanout import check_runner
 from flows.prepare import prepare_sharded
 from flows.runner import StepRunner
 from llmflow.config import PipelineConfig
@@ -55,6 +56,8 @@ def compose(
     if until not in STEPS and until != "base_model":
         raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
     brought = preflight(config)  # a base model that cannot be used fails here, before any work
+    if until not in STEPS or STEPS.index(until) >= STEPS.index("prepare"):
+        check_runner(config.runner)  # an unreachable Dask scheduler: one line, before any work
     skip_pretrain = config.finetune.base is not None
     with track(config, home, until, **tracking_context()) as tracker:  # MLflow, when configured
         run = StepRunner(
@@ -63,6 +66,7 @@ def compose(
             until=_stop_after(until, config),
             tracker=tracker,
             dashboard=config.dashboard,
+            runner=config.runner,
         )
         # Source files and erasure requests change under an unchanged config: both join the key.
         docs = run(ingest, config.ingest, extra=ingest_extra(config.ingest, home))

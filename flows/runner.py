@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import unmapped
-
-from llmflow.config import DashboardConfig
+from flows.fanout import map_bounded, task_runner, window
+from llmflow.config import DashboardConfig, RunnerConfig
 from llmflow.store import StepRef
 
 
@@ -27,12 +26,14 @@ class StepRunner:
         until: str | None = None,
         tracker: Any = None,
         dashboard: DashboardConfig | None = None,
+        runner: RunnerConfig | None = None,
     ):
         self.home = home
         self.force = force
         self.dashboard = dashboard
         self.until = until
         self.tracker = tracker
+        self.runner = runner or RunnerConfig()
         self.done = False
         self.refs: dict[str, StepRef] = {}
         self.mapped: dict[str, list[StepRef]] = {}
@@ -61,29 +62,35 @@ class StepRunner:
     def map(
         self, step_task: Any, config: Any, inputs: list[dict[str, StepRef]], extras: list[Any] | None = None
     ) -> list[StepRef] | None:
-        """Run one step over many input sets through Prefect task mapping, so they run in parallel
-        on the flow's task runner (threads by default, a Dask cluster when the flow asks for one).
+        """Run one step over many input sets on the task runner that `runner` names (threads,
+        processes or a Dask cluster: flows/fanout.py), a bounded window of them at a time.
 
         Returns the refs in input order (recorded under `mapped`, not in `summary`), or None when
         skipping, like `__call__`.
         """
         if self.done or any(v is None for i in inputs for v in i.values()):
             return None
-        futures = step_task.map(
-            config=unmapped(config),
-            inputs=inputs,
-            home=unmapped(self.home),
-            force=unmapped(self.force),
-            extra=extras if extras is not None else unmapped(None),
-            dashboard=unmapped(self.dashboard),
-        )
-        refs = []
-        for future in futures:
-            ref: StepRef = future.result()
-            status = "cached" if (future.state.name == "Cached" or ref.status == "cached") else "ran"
-            refs.append(ref.model_copy(update={"status": status}))
-        self.mapped[step_task.step_name] = refs
-        return refs
+        extras = extras if extras is not None else [None] * len(inputs)
+        params = [
+            {
+                "config": config,
+                "inputs": i,
+                "home": self.home,
+                "force": self.force,
+                "extra": e,
+                "dashboard": self.dashboard,
+            }
+            for i, e in zip(inputs, extras, strict=True)
+        ]
+        refs: list[StepRef | None] = [None] * len(inputs)
+        with task_runner(self.runner) as tr:
+            for i, future in map_bounded(tr, step_task, params, window(self.runner, tr)):
+                ref: StepRef = future.result()
+                status = "cached" if (future.state.name == "Cached" or ref.status == "cached") else "ran"
+                refs[i] = ref.model_copy(update={"status": status})
+        done = [r for r in refs if r is not None]
+        self.mapped[step_task.step_name] = done
+        return done
 
     def summary(self) -> dict[str, Any]:
         return {name: ref.model_dump(mode="json") for name, ref in self.refs.items()}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"postgres", "prefect-server", "deploy", "worker", "serve"}
+EXPECTED = {"postgres", "prefect-server", "deploy", "worker", "serve", "dask-scheduler", "dask-worker"}
 SECRETS = {
     "POSTGRES_PASSWORD": "pg-Secret-1",
     "LLMFLOW_SERVE_TOKEN": "serve-secret-2",
@@ -169,14 +169,14 @@ def test_database_urls_point_at_postgres_with_its_credentials(services, monkeypa
 def test_clients_reach_the_server_and_share_llmflow_home(compose, services):
     port = _flag(_cmd(services["prefect-server"]), "--port")
     mounts = {}
-    for name in ("deploy", "worker", "serve"):
+    for name in ("deploy", "worker", "serve", "dask-worker"):
         env = _env(services[name])
         api = urlsplit(env["PREFECT_API_URL"])
         assert (api.hostname, str(api.port), api.path) == ("prefect-server", port, "/api"), name
         vols = dict(v.split(":", 1) for v in services[name]["volumes"])
         assert env["LLMFLOW_HOME"] in vols.values(), f"{name}: LLMFLOW_HOME is not on a volume"
         mounts[name] = {src for src, dst in vols.items() if dst == env["LLMFLOW_HOME"]}
-    assert mounts["worker"] == mounts["serve"] == {"llmflow-home"}
+    assert mounts["worker"] == mounts["serve"] == mounts["dask-worker"] == {"llmflow-home"}
     assert set(compose["volumes"]) == {"pgdata", "llmflow-home"}
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "LLMFLOW_SERVE_TOKEN" in _env(services["serve"])
@@ -259,7 +259,7 @@ def test_published_ports_bind_loopback_unless_told(raw, services):
 def test_dockerfile_installs_cpu_torch_first_and_copies_every_package():
     lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines()]
     torch = next(i for i, ln in enumerate(lines) if ln.startswith("RUN pip install") and "torch" in ln)
-    project = next(i for i, ln in enumerate(lines) if re.match(r"RUN pip install \.", ln))
+    project = next(i for i, ln in enumerate(lines) if re.match(r'RUN pip install "?\.', ln))
     assert torch < project, "torch must be installed before the project"
     assert "--index-url" in lines[torch] and any("whl/cpu" in ln for ln in lines[:torch])
     pyproject = (ROOT / "pyproject.toml").read_text()
@@ -269,6 +269,32 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_every_package():
     assert "COPY configs ./configs" in lines
     assert lines[0].startswith("#") and any(ln.startswith("FROM python:3.1") for ln in lines)
     assert any(ln.startswith("ENV") for ln in lines) and "LLMFLOW_HOME=/data/llmflow \\" in lines
+
+
+def test_the_data_flow_runs_on_the_stacks_dask_cluster(services):
+    """The deployments' config sends the shards to the scheduler service, whose workers join it
+    and share the store; the Prefect worker waits for the scheduler to be healthy."""
+    from llmflow.config import load_config
+
+    deploy = _cmd(services["deploy"])
+    sets = [deploy[i + 1] for i, a in enumerate(deploy) if a == "--set"]
+    cfg = load_config("demo", sets)  # the deploy command's own preset (its --config default)
+    assert cfg.runner.kind == "dask"
+    sched = _cmd(services["dask-scheduler"])
+    assert sched[:2] == ["dask", "scheduler"] and "ports" not in services["dask-scheduler"]
+    address = urlsplit(cfg.runner.dask.address)
+    assert (address.scheme, address.hostname, address.port) == (
+        "tcp",
+        "dask-scheduler",
+        int(_flag(sched, "--port")),
+    )
+    health = urlsplit(_health_url(services["dask-scheduler"]))
+    assert health.path == "/health" and f":{health.port}" == _flag(sched, "--dashboard-address")
+    worker = _cmd(services["dask-worker"])
+    assert worker[:3] == ["dask", "worker", cfg.runner.dask.address]
+    assert _flag(worker, "--nthreads") == "1" and int(_flag(worker, "--nworkers")) >= 1
+    assert services["dask-worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
 
 
 def test_the_commands_the_stack_runs_exist():

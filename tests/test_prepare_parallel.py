@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_prepare import prose
 
-from flows.data import data_flow, on_dask
-from llmflow.config import PipelineConfig
+from flows.data import data_flow
+from llmflow.config import PipelineConfig, RunnerConfig
 from llmflow.step import run_step
 from llmflow.store import ArtifactStore
 from tasks.ingest import ingest_step
@@ -149,8 +149,8 @@ def test_dask_runner_gives_the_same_result(tmp_path, sources):
     t0 = time.time()
     threads = data_flow(config=cfg, home=str(tmp_path / "threads"))
     t1 = time.time()
-    dask_flow = on_dask(data_flow, n_workers=2, processes=True, threads_per_worker=1)
-    on_dask_ = dask_flow(config=cfg, home=str(tmp_path / "dask"))
+    cfg.runner = RunnerConfig(kind="dask", workers=2)  # a local cluster of two worker processes
+    on_dask_ = data_flow(config=cfg, home=str(tmp_path / "dask"))
     t2 = time.time()
     print(f"threads {t1 - t0:.1f}s, dask {t2 - t1:.1f}s")
     assert on_dask_["prepare"]["status"] == "ran" and len(shard_manifests(str(tmp_path / "dask"))) == 5

@@ -43,6 +43,7 @@ from llmflow.config.data import (
     ToxicityConfig,
 )
 from llmflow.config.evaluation import ChangeThreshold, EvaluateConfig, GateConfig, NonInferiority, Threshold
+from llmflow.config.runner import DaskConfig, RunnerConfig
 from llmflow.config.serving import ServeConfig
 from llmflow.config.tracking import TrackingConfig
 from llmflow.config.training import (
@@ -57,10 +58,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 __all__ = [
     "MAX_BATCH", "MAX_ITEMS", "MAX_PROCESSES", "MAX_SECONDS", "MAX_SEED", "MAX_STEPS", "MAX_TOKENS",
-    "BaseModelConfig", "ChangeThreshold", "ConfigError", "DPOConfig", "DashboardConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
+    "BaseModelConfig", "ChangeThreshold", "ConfigError", "DPOConfig", "DashboardConfig", "DaskConfig", "DecontaminateConfig", "DedupConfig", "EvaluateConfig",
     "FinetuneConfig", "GateConfig", "IngestConfig", "InputError", "LangIdConfig", "MinHashConfig",
     "NonInferiority", "NormalizeConfig", "PackConfig", "PiiConfig", "PipelineConfig", "PrepareConfig",
-    "PretrainConfig", "QualityConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
+    "PretrainConfig", "QualityConfig", "RunnerConfig", "Section", "ServeConfig", "SourceConfig", "TaskDataConfig",
     "Threshold", "TokenizerConfig", "ToxicityConfig", "TrackingConfig", "apply_overrides", "canonical_json",
     "load_config", "parse_override", "resolve_preset",
 ]  # fmt: skip
@@ -80,6 +81,9 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig, description="Where the data flow's per-shard tasks run."
+    )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
