@@ -96,11 +96,12 @@ def full_split_loss(model, data: np.ndarray, block: int, batch: int = 64) -> tup
         starts = np.arange(s, min(n, s + batch)) * block
         idx = starts[:, None] + np.arange(block + 1)[None, :]
         chunk = torch.from_numpy(data[idx].astype(np.int64))
-        logits, _ = model(chunk[:, :-1], chunk[:, 1:])  # targets given: logits at every position
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        logits, _ = model(x, y)  # targets given: logits at every position
         nats += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum"
+            logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
         ).item()
-        count += chunk[:, 1:].numel()
+        count += y.numel()
     return nats, count
 
 
@@ -167,9 +168,11 @@ def run_llmflow(train_text: str, val_text: str, work: Path, seconds: float, args
         "pretrain", "nanogpt-compare", pretrain_step, cfg, {"shards": shards, "tokenizer": tok}, store=store
     )
     metrics = json.loads((store.local_path(base) / "metrics.json").read_text())
+    timings = (store.manifest(base.step, base.key) or {}).get("timings", {})
     return {
         "config": cfg.model_dump(mode="json"), "prep_seconds": round(prep_s, 1),
-        "step_seconds": round(time.time() - t1, 1), "train_seconds": metrics.get("seconds"),
+        "step_seconds": round(time.time() - t1, 1), 
+        "train_seconds": timings.get("seconds"), "tokens_per_s": timings.get("tokens_per_s"),
         "steps": metrics["steps"], "tokens": metrics["tokens"], "params": metrics["params"],
         "val_bpb": metrics["val_bpb"], "val_loss": metrics["val_loss"],
         "val_tokens": meta["validation"]["tokens"], "val_bytes": meta["validation"]["bytes"],
