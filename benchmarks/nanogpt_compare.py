@@ -187,7 +187,7 @@ def main() -> None:
         "--iters", type=int, default=RECIPE["max_iters"], help="nanoGPT iterations (recipe: 2000)"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both (0 = torch's default)")
-    ap.add_argument("--vocab", type=int, default=2048, help="llmflow tokenizer vocab_size")
+    ap.add_argument("--vocab", type=int, default=8000, help="llmflow tokenizer vocab_size (its default)")
     ap.add_argument("--preset", default="small", help="llmflow preset (small = 4 layers, 4 heads, 128 wide)")
     ap.add_argument("--arch", default="qwen3")
     ap.add_argument("--optimizer", default="muon")
