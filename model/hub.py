@@ -156,3 +156,20 @@ def licence(path: Path) -> str | None:
     if isinstance(value, list):
         value = ", ".join(map(str, value))
     return str(value) if value else None
+
+
+def load_init(model_dir: str | Path, vocab: int, seq_len: int):
+    """The checkpoint pretraining continues from, checked against the shards and the context."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab > rows:
+        raise ValueError(
+            f"the shards' vocabulary ({vocab}) is larger than the embedding table of {model_dir} "
+            f"({rows} rows): pack with the base model's own tokenizer"
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and seq_len > max_pos:
+        raise ValueError(f"pretrain.seq_len {seq_len} is over the {max_pos} positions of {model_dir}")
+    return model

@@ -206,23 +206,6 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * head_dim * attn_span
 
 
-def load_init(model_dir: str | Path, vocab: int, seq_len: int):
-    """The checkpoint pretraining continues from, checked against the shards and the context."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    rows = model.get_input_embeddings().num_embeddings
-    if vocab > rows:
-        raise ValueError(
-            f"the shards' vocabulary ({vocab}) is larger than the embedding table of {model_dir} "
-            f"({rows} rows): pack with the base model's own tokenizer"
-        )
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and seq_len > max_pos:
-        raise ValueError(f"pretrain.seq_len {seq_len} is over the {max_pos} positions of {model_dir}")
-    return model
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = ["step", "tokens", "lr", "loss", "val_loss", "val_bpb"]  # no wall-clock: same run, same file
     with open(path, "w", newline="") as f:
@@ -281,6 +264,8 @@ def train(
     # outside the window; uncompiled, flex runs torch's dense reference, so SDPA stays
     use_flex = cfg.sliding_window is not None and cfg.compile and flex.available()
     if init_from is not None:
+        from model.hub import load_init
+
         model = load_init(init_from, vocab, cfg.seq_len)
     else:
         config = build_config(
