@@ -9,15 +9,19 @@ A checkpoint is a directory `step-NNNNNNNN/` holding
     optimizer.pt      optimizer state_dicts (a list: AdamW, plus Muon when used)
     rng-<rank>.pt     torch CPU (and CUDA) generator states of each process
     state.json        step, elapsed seconds (with the step, all the lr schedule depends on), the
-                      base architecture, python/numpy RNG states, what the loop adds (tokens,
-                      loss history, config); written LAST
+                      base architecture, what the loop adds (tokens, loss history, config);
+                      written LAST
 
 An FSDP run (`sharded`: model/fsdp.py) writes instead of model weights and optimizer.pt its
 shards, one file per process: `model/config.json`, `model/pytorch_model_fsdp_0/` and
 `model/optimizer_0/` (torch.distributed.checkpoint), next to the same rng and state files.
 
 Both training loops (model/train.py, model/sft.py) save and resume through this module; each
-draws its batches as a pure function of (seed, step), so the step is the data position.
+draws its batches as a pure function of (seed, step), so the step is the data position. Neither
+draws from the process-wide `random` or `numpy.random` generators, so their states are not saved:
+other threads of the process (Prefect's client backs off with `random.uniform`) move them at
+times that depend on the machine's load, and saving them made two identical runs' checkpoints
+differ. Checkpoints written before that still load; their saved states are ignored.
 
 It is written to a temporary directory and renamed, and `state.json` is its completion mark, so a
 process killed mid-save leaves no directory that looks complete. Loading never unpickles code:
@@ -34,12 +38,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -64,22 +66,6 @@ class NoUsableCheckpoint(CheckpointError, InputError):
 
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
-
-
-def _rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    v, internal, gauss = state["python"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def save(
@@ -124,7 +110,7 @@ def save(
     if barrier:
         barrier()
     if is_main:
-        full = {**state, "step": step, "arch": arch_signature(model.config), "rng": _rng_state()}
+        full = {**state, "step": step, "arch": arch_signature(model.config)}
         with open(tmp / STATE, "w") as f:
             json.dump(full, f)
             f.flush()
@@ -269,7 +255,6 @@ def load(
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    _set_rng_state(state["rng"])
     return state
 
 
@@ -283,7 +268,6 @@ def _load_sharded(ckpt: Path, model, optimizers, rank: int, acc, state: dict[str
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    _set_rng_state(state["rng"])
     return state
 
 
