@@ -49,6 +49,32 @@ LEVERS: dict[str, dict] = {
         "prompt_format": "sig_last",
     },
     "lora-300-siglast": {"max_steps": 300, "prompt_format": "sig_last"},
+    # more supervised data: documented functions of the installed packages in the TRAIN split only
+    # (task_data.train_from_packages; validation and test are the standard library's, unchanged)
+    "full-400-lr2e-3-pkg3000": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "task": {"train_from_packages": 3000},
+    },
+    "full-400-lr2e-3-pkg6000": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "task": {"train_from_packages": 6000},
+    },
+    "full-600-lr2e-3-pkg6000": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 600,
+        "task": {"train_from_packages": 6000},
+    },
+    "full-600-lr2e-3-pkg12000": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 600,
+        "task": {"train_from_packages": 12000},
+    },
 }
 
 
@@ -121,6 +147,23 @@ def main() -> None:
             out_refs.append(store.ref("task_data", key))
         return out_refs
 
+    def more_train(task_over: dict):
+        """The task rebuilt with `task_over` (train_from_packages): its validation and test
+        splits must be the base task's, byte for byte; only the train split grows."""
+        from tasks import task_data as T
+
+        tcfg = cfg.task_data.model_copy(update=task_over)
+        ref = run_step(
+            "task_data", 1, T.task_data_step, tcfg, {}, store=store, extra=T.task_extra(tcfg, args.home)
+        )
+        for split in ("validation", "test"):
+            same = (store.local_path(ref) / f"{split}.jsonl").read_bytes() == (
+                task_dir / f"{split}.jsonl"
+            ).read_bytes()
+            assert same, f"{split} split changed with {task_over}"
+        print(f"task {task_over}: {ref.stats['train']} train examples", flush=True)
+        return ref
+
     # the trivial baselines, always on the original prompts
     from tasks import baselines as B
 
@@ -137,6 +180,8 @@ def main() -> None:
         over = dict(LEVERS[name])
         fmt = over.pop("prompt_format", None)
         ft_task, ev_task = task_variant(fmt) if fmt else (task, val_task)
+        if "task" in over:
+            ft_task = more_train(over.pop("task"))
         if name == "lora-demo":
             over = {"max_steps": args.demo_finetune_steps, "max_seconds": None}
         ft_cfg = cfg.finetune.model_copy(update={"max_seconds": None, **over})

@@ -26,7 +26,7 @@ import json
 import platform
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,27 +84,73 @@ def pydocs_examples(cfg: TaskDataConfig, rejects: list[dict[str, Any]]) -> Itera
     from tasks import pydocs
 
     for result in pydocs.walk(cfg.include_packages):
-        for mod in result.modules:
-            for obj in mod.objects:
-                if obj.kind == "class":
-                    continue
-                sb = summary_and_body(obj.doc, cfg.max_summary_chars)
-                if sb is None:
-                    continue
-                summary, body = sb
-                budget = cfg.max_prompt_chars - len(obj.signature) - 1
-                if budget < MIN_BODY_CHARS:  # the signature alone would fill the prompt
-                    rejects.append({"id": obj.qualname, "reason": "prompt_too_long", "group": mod.name})
-                    continue
-                body_text = _cut(textwrap.indent(body, "    "), budget)
-                prompt = (
-                    f"{body_text}\n{obj.signature}"
-                    if cfg.prompt_format == "signature_last"
-                    else f"{obj.signature}\n{body_text}"
-                )
-                # the id does not depend on the prompt format: the same item in either layout
-                h = hashlib.sha256(f"{obj.signature}\n{body_text}\0{summary}".encode()).hexdigest()[:10]
-                yield Example(f"{obj.qualname}#{h}", prompt, summary, mod.name, key=f"{body}\0{summary}")
+        yield from module_examples(result.modules, cfg, rejects)
+
+
+def module_examples(
+    modules: Iterable[Any], cfg: TaskDataConfig, rejects: list[dict[str, Any]]
+) -> Iterator[Example]:
+    """Examples of the documented functions and methods of parsed modules (tasks/pydocs.py)."""
+    for mod in modules:
+        for obj in mod.objects:
+            if obj.kind == "class":
+                continue
+            sb = summary_and_body(obj.doc, cfg.max_summary_chars)
+            if sb is None:
+                continue
+            summary, body = sb
+            budget = cfg.max_prompt_chars - len(obj.signature) - 1
+            if budget < MIN_BODY_CHARS:  # the signature alone would fill the prompt
+                rejects.append({"id": obj.qualname, "reason": "prompt_too_long", "group": mod.name})
+                continue
+            body_text = _cut(textwrap.indent(body, "    "), budget)
+            prompt = (
+                f"{body_text}\n{obj.signature}"
+                if cfg.prompt_format == "signature_last"
+                else f"{obj.signature}\n{body_text}"
+            )
+            # the id does not depend on the prompt format: the same item in either layout
+            h = hashlib.sha256(f"{obj.signature}\n{body_text}\0{summary}".encode()).hexdigest()[:10]
+            yield Example(f"{obj.qualname}#{h}", prompt, summary, mod.name, key=f"{body}\0{summary}")
+
+
+def package_train_examples(
+    cfg: TaskDataConfig,
+    held_out: list[Example],
+    seen: set[str],
+    rules: Rules,
+    rejects: list[dict[str, Any]],
+) -> tuple[list[Example], int]:
+    """Up to `cfg.train_from_packages` extra TRAIN examples from the installed packages' docstrings
+    (the standard library's validation and test splits are untouched). A package example is
+    dropped when it repeats a kept one (`seen`: prompt or docstring), when it shares a word 13-gram
+    with a held-out prompt or response (tasks/decontaminate.py: packages vendor and paraphrase the
+    standard library), or when an erasure pattern matches it. Returns (examples, erased)."""
+    from tasks import pydocs
+    from tasks.decontaminate import Decontaminator
+
+    dc = Decontaminator.from_texts(t for ex in held_out for t in (ex.prompt, ex.response))
+    out: list[Example] = []
+    erased = 0
+    examples = module_examples(pydocs.package_modules(), cfg, rejects)
+    for ex in examples:
+        if len(out) >= cfg.train_from_packages:
+            break
+        ex.group = f"packages:{ex.group}"
+        if rules.patterns and (rules.matches_text(ex.prompt) or rules.matches_text(ex.response)):
+            erased += 1
+            continue
+        reason = None
+        if ex.prompt in seen or ex.key in seen:
+            reason = "duplicate"
+        elif dc.matches(ex.prompt) or dc.matches(ex.response):
+            reason = "contaminated"
+        if reason:
+            rejects.append({"id": ex.id, "reason": reason, "group": ex.group, "prompt": ex.prompt[:2000]})
+            continue
+        seen.update((ex.prompt, ex.key))
+        out.append(ex)
+    return out, erased
 
 
 # --------------------------------------------------------------------------- files
@@ -284,6 +330,14 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
         )
 
     split_of = assign_splits([e.group for e in kept], cfg.validation_fraction, cfg.test_fraction)
+    n_limited, n_packages = len(kept), 0
+    if cfg.train_from_packages:
+        held_out = [e for e in kept if split_of[e.group] != "train"]
+        extra, erased = package_train_examples(cfg, held_out, seen, rules, rejects)
+        n_erased += erased
+        n_packages = len(extra)
+        split_of.update({e.group: "train" for e in extra})
+        kept += extra
     counts: Counter[str] = Counter()
     groups: dict[str, set[str]] = {s: set() for s in SPLITS}
     with ExitStack() as stack:
@@ -307,6 +361,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
         "available": available,
         "groups": {s: len(groups[s]) for s in SPLITS},
         "erased": n_erased,
+        "train_from_packages": n_packages,
     }
     sample = kept[0]
     ctx.report(
@@ -315,7 +370,8 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
                 "# Task data",
                 "",
                 f"Source `{cfg.source}`: {available:,} usable examples"
-                + (f", limited to {len(kept):,}" if len(kept) < available else "")
+                + (f", limited to {n_limited:,}" if n_limited < available else "")
+                + (f", and {n_packages:,} train examples from the installed packages" if n_packages else "")
                 + f"; {len(rejects):,} rejected ({dict(by_reason) or 'none'}).",
                 "",
                 "| split | examples | groups |",

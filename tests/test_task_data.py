@@ -84,6 +84,48 @@ def test_splits_are_disjoint_by_group_and_deterministic(pydocs_run, tmp_path):
     )
 
 
+def test_train_from_packages_grows_only_the_train_split(pydocs_run, tmp_path):
+    """Package docstrings join the train split; validation and test stay the standard library's."""
+    cfg, _, ref = pydocs_run
+    more_cfg = cfg.model_copy(update={"train_from_packages": 40})
+    more_ref = run_step("task_data", 1, task_data_step, more_cfg, store=ArtifactStore(tmp_path))
+    base, more = load(ref), load(more_ref)
+    assert more["validation"] == base["validation"] and more["test"] == base["test"]
+    assert more["train"][: len(base["train"])] == base["train"]
+    extra = more["train"][len(base["train"]) :]
+    assert len(extra) == 40 == more_ref.stats["train_from_packages"]
+    assert all(r["group"].startswith("packages:") for r in extra)
+    assert len({r["prompt"] for r in more["train"]}) == len(more["train"])
+    stdlib = {r["group"] for s in SPLITS for r in base[s]}
+    assert not {r["group"].removeprefix("packages:") for r in extra} & stdlib
+
+
+def test_package_examples_that_repeat_held_out_items_are_dropped():
+    """A package docstring that copies a held-out item (packages vendor the stdlib) is rejected."""
+    from llmflow.erasure import Rules
+    from tasks import pydocs
+    from tasks.task_data import Example, module_examples, package_train_examples
+
+    cfg = TaskDataConfig(train_from_packages=3)
+    first = next(ex for ex in module_examples(pydocs.package_modules(), cfg, []) if len(ex.key.split()) >= 30)
+    body = first.prompt.split("\n", 1)[1]
+    held_out = [Example("held", f"def other.name(x):\n{body}", "Something else entirely.", "other")]
+    rejects: list[dict] = []
+    got, erased = package_train_examples(cfg, held_out, set(), Rules(), rejects)
+    assert erased == 0 and len(got) == 3 and first.prompt not in {e.prompt for e in got}
+    assert {r["reason"] for r in rejects if r["id"] == first.id} == {"contaminated"}
+    got2, _ = package_train_examples(cfg, [], {first.prompt}, Rules(), rejects := [])
+    assert first.prompt not in {e.prompt for e in got2}
+    assert {r["reason"] for r in rejects if r["id"] == first.id} == {"duplicate"}
+
+
+def test_train_from_packages_needs_the_builtin_task():
+    with pytest.raises(ValueError, match="train_from_packages"):
+        TaskDataConfig(train_from_packages=10, include_packages=True)
+    with pytest.raises(ValueError, match="train_from_packages"):
+        TaskDataConfig(train_from_packages=10, source="tasks.jsonl")
+
+
 def test_assign_splits_fractions_and_stability():
     groups = [f"g{i}" for i in range(200) for _ in range(i % 7 + 1)]
     split = assign_splits(groups, 0.1, 0.1)

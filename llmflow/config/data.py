@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmflow.config.base import (
     MAX_ITEMS,
@@ -93,9 +93,29 @@ class TaskDataConfig(Section):
     include_packages: bool = Field(
         default=False, description="pydocs-summary: also use the installed packages' docstrings."
     )
-    limit: int | None = Field(
-        default=None, ge=1, le=MAX_ITEMS, description="Keep at most this many examples."
+    train_from_packages: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_ITEMS,
+        description="pydocs-summary: add up to this many documented functions of the installed "
+        "packages to the TRAIN split (validation and test stay the standard library's; an item sharing "
+        "a word 13-gram with a held-out prompt or response is dropped as contaminated).",
     )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ITEMS,
+        description="Keep at most this many examples (before train_from_packages).",
+    )
+
+    @model_validator(mode="after")
+    def _packages_train_only(self) -> TaskDataConfig:
+        if self.train_from_packages and (self.include_packages or not self.source.startswith("builtin:")):
+            raise ValueError(
+                "train_from_packages adds package docstrings to the train split of builtin:pydocs-summary; "
+                "it does not combine with include_packages (packages in every split) or a task file"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- prepare
