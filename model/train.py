@@ -186,6 +186,9 @@ def build_optimizers(model, cfg, fused: bool = False) -> list[torch.optim.Optimi
     vectors = [p for p in params if p.ndim < 2]
     adam_kw = dict(lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
     if getattr(cfg, "optimizer", "adamw") == "muon":
+        from model.muon import use_float32_on_cpu
+
+        use_float32_on_cpu()  # the library's bfloat16 iteration is ~90x slower on CPUs
         muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=decay, adjust_lr_fn="match_rms_adamw")
         groups = [{"params": embeds, "weight_decay": decay}, {"params": vectors, "weight_decay": 0.0}]
         return [muon, torch.optim.AdamW(groups, **adam_kw)]
