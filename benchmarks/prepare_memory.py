@@ -194,7 +194,7 @@ def extend(src: str, dst: str, copies: int) -> None:
     import re
     from collections import Counter
 
-    from tasks.filters import STOP_WORDS
+    from tasks.quality_signals import STOP_WORDS
 
     word = re.compile(r"[A-Za-z]+")
     vocab: Counter[str] = Counter()
