@@ -262,9 +262,16 @@ def assign_splits(groups: list[str], val_frac: float, test_frac: float) -> dict[
 
 
 def fingerprint(cfg: TaskDataConfig) -> str:
-    """The interpreter version for the builtin task, else a hash of the files' names, sizes and
-    modification times: pass it as the step's `extra` so edited task files change the key."""
+    """The interpreter version for the builtin task (with the installed distributions and their
+    versions when packages are read), else a hash of the files' names, sizes and modification
+    times: pass it as the step's `extra` so edited task files or packages change the key."""
     if cfg.source.startswith("builtin:"):
+        if cfg.include_packages or cfg.train_from_packages:  # the installed packages are input too
+            from importlib.metadata import distributions
+
+            dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions()})
+            digest = hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16]
+            return f"python-{platform.python_version()}-packages-{digest}"
         return f"python-{platform.python_version()}"
     from tasks.readers import resolve_files
 

@@ -119,6 +119,16 @@ def test_package_examples_that_repeat_held_out_items_are_dropped():
     assert {r["reason"] for r in rejects if r["id"] == first.id} == {"duplicate"}
 
 
+def test_the_installed_packages_are_in_the_key_when_they_are_read():
+    from tasks.task_data import fingerprint
+
+    plain = fingerprint(TaskDataConfig())
+    with_packages = fingerprint(TaskDataConfig(train_from_packages=10))
+    assert plain.startswith("python-") and "packages" not in plain
+    assert with_packages.startswith(plain + "-packages-")
+    assert fingerprint(TaskDataConfig(include_packages=True)) == with_packages
+
+
 def test_train_from_packages_needs_the_builtin_task():
     with pytest.raises(ValueError, match="train_from_packages"):
         TaskDataConfig(train_from_packages=10, include_packages=True)
