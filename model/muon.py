@@ -16,7 +16,6 @@ import logging
 import torch
 
 log = logging.getLogger("llmflow.model")
-_PATCHED = False
 LIBRARY_ITERATION = None  # the library's own (bfloat16) function, once patched
 
 
@@ -43,8 +42,8 @@ def _newton_schulz_float32(
 
 def use_float32_on_cpu() -> bool:
     """Route CPU tensors of torch.optim.Muon through the float32 iteration; True when active."""
-    global _PATCHED, LIBRARY_ITERATION
-    if _PATCHED:
+    global LIBRARY_ITERATION
+    if LIBRARY_ITERATION is not None:
         return True
     try:
         from torch.optim import _muon
@@ -62,5 +61,4 @@ def use_float32_on_cpu() -> bool:
 
     LIBRARY_ITERATION = original
     _muon._zeropower_via_newtonschulz = dispatch
-    _PATCHED = True
     return True

@@ -132,8 +132,7 @@ def package_train_examples(
     dc = Decontaminator.from_texts(t for ex in held_out for t in (ex.prompt, ex.response))
     out: list[Example] = []
     erased = 0
-    examples = module_examples(pydocs.package_modules(), cfg, rejects)
-    for ex in examples:
+    for ex in module_examples(pydocs.package_modules(), cfg, rejects):
         if len(out) >= cfg.train_from_packages:
             break
         ex.group = f"packages:{ex.group}"
