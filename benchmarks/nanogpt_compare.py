@@ -161,7 +161,7 @@ def run_llmflow(train_text: str, val_text: str, work: Path, seconds: float, args
         preset=args.preset, arch=args.arch, optimizer=args.optimizer, schedule=args.schedule,
         seq_len=args.seq, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
         max_steps=10**6, max_seconds=seconds, eval_every=10**6, checkpoint_every=10**6, log_every=100,
-        eval_batches=-(-val_windows // args.batch), seed=args.seed,
+        eval_batches=-(-val_windows // args.batch), seed=args.seed, mixed_precision=args.precision,
     )  # fmt: skip
     t1 = time.time()
     base = run_step(
@@ -187,16 +187,20 @@ def main() -> None:
         "--iters", type=int, default=RECIPE["max_iters"], help="nanoGPT iterations (recipe: 2000)"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both (0 = torch's default)")
-    ap.add_argument("--vocab", type=int, default=8000, help="llmflow tokenizer vocab_size (its default)")
+    ap.add_argument("--vocab", type=int, default=4096, help="llmflow tokenizer vocab_size")
     ap.add_argument("--preset", default="small", help="llmflow preset (small = 4 layers, 4 heads, 128 wide)")
     ap.add_argument("--arch", default="qwen3")
     ap.add_argument("--optimizer", default="muon")
     ap.add_argument("--schedule", default="wsd")
-    ap.add_argument("--seq", type=int, default=64, help="llmflow seq_len in tokens")
+    ap.add_argument("--seq", type=int, default=128, help="llmflow seq_len in tokens")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--precision", default="auto", choices=["auto", "no", "bf16"],
+        help="llmflow pretrain.mixed_precision (auto = fp32 on CPU; bf16 = CPU bf16 autocast)",
+    )  # fmt: skip
     ap.add_argument("--note", default="", help="free text stored with the result (e.g. 'under load')")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nanogpt-compare.json"))
     args = ap.parse_args()
