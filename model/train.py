@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,28 @@ GPU_WATTS = {"H200": 700, "H100": 700, "A100": 400, "L40S": 350, "A10": 150, "40
 CPU_WATTS_PER_CORE = 10.0
 
 
+def cpu_native_bf16() -> bool | None:
+    """Whether this CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX, Arm BF16);
+    None where /proc/cpuinfo is not there to say. Without them bf16 matmuls are emulated and
+    slower than fp32."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    words = set(info.split())
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def resolve_precision(mp: str) -> str:
     """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, 'no' on CPU."""
     if mp != "auto":
         if mp in ("bf16", "fp16") and not torch.cuda.is_available():
+            if mp == "bf16" and cpu_native_bf16() is False:
+                warnings.warn(
+                    "mixed_precision bf16 on a CPU without bf16 instructions (AVX512-BF16, AMX, "
+                    "Arm BF16) is emulated and slower than fp32: set mixed_precision: no",
+                    stacklevel=2,
+                )
             return "bf16" if mp == "bf16" else "no"  # fp16 autocast is GPU-only; CPU bf16 works
         return mp
     if torch.cuda.is_available():

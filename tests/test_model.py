@@ -301,3 +301,19 @@ def test_precision_choice_on_cpu():
     assert resolve_precision("bf16") == "bf16"
     assert resolve_precision("auto") == "no"
     assert resolve_precision("no") == "no"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    """bf16 is emulated (slower than fp32) without AVX512-BF16/AMX/Arm BF16: say so, keep bf16."""
+    import warnings
+
+    from model import train as T
+
+    monkeypatch.setattr(T, "cpu_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without bf16 instructions"):
+        assert T.resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(T, "cpu_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert T.resolve_precision("bf16") == "bf16"
