@@ -199,6 +199,13 @@ def attention_kernel(
             "blocks_vs_causal": round(density, 3)}  # fmt: skip
 
 
+def failed(window: int | None, e: Exception) -> dict:
+    """A span that could not be measured (e.g. torch 2.13's inductor fails to build the CPU flex
+    kernel for a window smaller than its 128-token block): its row says why instead of a figure."""
+    first = next((line for line in str(e).splitlines() if "error" in line.lower()), str(e).split("\n")[0])
+    return {"window": window or "full", "error": f"{type(e).__name__}: {first.strip()[:160]}"}
+
+
 def main() -> None:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -233,9 +240,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.skip_model:
         for w in windows:
-            r = train_steps(
-                args.preset, args.seq, args.batch, args.steps, w, args.compile, dev, not args.forward_only
-            )
+            try:
+                r = train_steps(
+                    args.preset, args.seq, args.batch, args.steps, w, args.compile, dev, not args.forward_only
+                )
+            except Exception as e:  # noqa: BLE001 - one span failing (a compiler bug) must not lose the others
+                r = failed(w, e)
+                result["model"].append(r)
+                print(json.dumps(r), flush=True)
+                continue
             r["mfu"] = (
                 round(r["tokens_per_s"] * r["flops_per_token"] / info["peak_flops"], 4)
                 if info["peak_flops"]
@@ -246,16 +259,19 @@ def main() -> None:
             out.write_text(json.dumps(result, indent=2))
     c = build_config(args.preset, 2, seq_len=args.seq)
     for w in windows if args.compile else []:
-        r = attention_kernel(
-            args.seq,
-            c.num_attention_heads,
-            c.head_dim,
-            args.batch,
-            w,
-            dev,
-            5 if gpu else 2,
-            not args.forward_only,
-        )
+        try:
+            r = attention_kernel(
+                args.seq,
+                c.num_attention_heads,
+                c.head_dim,
+                args.batch,
+                w,
+                dev,
+                5 if gpu else 2,
+                not args.forward_only,
+            )
+        except Exception as e:  # noqa: BLE001
+            r = failed(w, e)
         result["attention"].append(r)
         print(json.dumps(r), flush=True)
         out.write_text(json.dumps(result, indent=2))
@@ -266,6 +282,9 @@ def main() -> None:
           f"compile={args.compile}, {what}; load average {result['load_avg_1_5_15'][0]:.1f}\n")  # fmt: skip
     print("| attention | tokens/s | step s | MFU | peak memory GiB | warm-up s |\n|---|---|---|---|---|---|")
     for r in result["model"]:
+        if "error" in r:
+            print(f"| {r['window']} | failed: {r['error']} | | | | |")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"| {r['window']} ({r['attention']}) | {r['tokens_per_s']:,.0f} | {r['step_s']} | {mfu} | "
               f"{r['peak_mem_gib']} | {r['warmup_s']} |")  # fmt: skip
@@ -273,7 +292,9 @@ def main() -> None:
         f"\n| attention alone | {'fwd' if args.forward_only else 'fwd+bwd'} ms | blocks computed vs causal |\n|---|---|---|"
     )
     for r in result["attention"]:
-        print(f"| {r['window']} | {r['ms']} | {r['blocks_vs_causal']} |")
+        print(
+            f"| {r['window']} | {r.get('ms', 'failed: ' + r.get('error', ''))} | {r.get('blocks_vs_causal', '')} |"
+        )
     print(f"\nwrote {out}")
 
 
