@@ -308,7 +308,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
     """bf16 is emulated (slower than fp32) without AVX512-BF16/AMX/Arm BF16: say so, keep bf16."""
     import warnings
 
-    from model import train as T
+    from model import hardware as T
 
     monkeypatch.setattr(T, "cpu_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="without bf16 instructions"):
