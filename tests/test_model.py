@@ -273,7 +273,10 @@ def test_training_writes_model_metrics_and_learns(tmp_path, shards):
     assert [p.name for p in ckpt.candidates(tmp_path / "out" / "checkpoints")] == ["step-00000030"]
 
 
-def test_max_seconds_stops_on_the_wall_clock(tmp_path, shards):
+def test_max_seconds_stops_on_the_wall_clock(tmp_path, shards, monkeypatch):
+    from model import hardware
+
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: True)  # bf16 autocast on any CPU
     cfg = tiny_cfg(max_steps=100_000, max_seconds=2.0, gradient_checkpointing=True, mixed_precision="bf16")
     m = train(cfg, shards, tmp_path / "t", log=lambda m: None)
     assert m["mixed_precision"] == "bf16"  # CPU autocast in bf16; gradient checkpointing on
@@ -293,9 +296,13 @@ def test_torch_compile_option_trains_and_saves_a_loadable_model(tmp_path, shards
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
-def test_precision_choice_on_cpu():
-    """fp16 autocast is GPU-only: on CPU it falls back to fp32; bf16 autocast runs on CPU."""
+def test_precision_choice_on_cpu(monkeypatch):
+    """fp16 autocast is GPU-only: on CPU it falls back to fp32; bf16 autocast runs on a CPU with
+    bf16 instructions."""
+    from model import hardware
     from model.train import resolve_precision
+
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: True)
 
     assert resolve_precision("fp16") == "no"
     assert resolve_precision("bf16") == "bf16"
@@ -305,14 +312,14 @@ def test_precision_choice_on_cpu():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
-    """bf16 is emulated (slower than fp32) without AVX512-BF16/AMX/Arm BF16: say so, keep bf16."""
+    """bf16 is emulated (slower than fp32) without AVX512-BF16/AMX/Arm BF16: say so, train in fp32."""
     import warnings
 
     from model import hardware as T
 
     monkeypatch.setattr(T, "cpu_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="without bf16 instructions"):
-        assert T.resolve_precision("bf16") == "bf16"
+        assert T.resolve_precision("bf16") == "no"
     monkeypatch.setattr(T, "cpu_native_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
