@@ -49,6 +49,28 @@ LEVERS: dict[str, dict] = {
         "prompt_format": "sig_last",
     },
     "lora-300-siglast": {"max_steps": 300, "prompt_format": "sig_last"},
+    "full-400-lr2e-3-wordslast": {"method": "full", "lr": 2e-3, "max_steps": 400, "prompt_format": "words_last"},
+    "full-400-lr2e-3-seed2": {"method": "full", "lr": 2e-3, "max_steps": 400, "seed": 2},
+    "full-400-lr2e-3-siglast-seed2": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "seed": 2,
+        "prompt_format": "sig_last",
+    },
+    "full-400-lr2e-3-wordslast-seed2": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "seed": 2,
+        "prompt_format": "words_last",
+    },
+    "full-400-lr2e-3-siglastwords": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "prompt_format": "sig_last_words",
+    },
     # more supervised data: documented functions of the installed packages in the TRAIN split only
     # (task_data.train_from_packages; validation and test are the standard library's, unchanged)
     "full-400-lr2e-3-pkg3000": {
@@ -84,7 +106,30 @@ def sig_last(prompt: str) -> str:
     return f"{body}\n{head}" if head.startswith(("def ", "class ")) and body else prompt
 
 
-PROMPT_FORMATS = {"sig_last": sig_last}
+def _words(prompt: str) -> str | None:
+    from tasks.baselines import name_words
+
+    w = name_words(prompt)
+    return w.rstrip(".").lower() if w else None
+
+
+def words_last(prompt: str) -> str:
+    """Signature first, the function's name as lowercase words on a last line of its own
+    (identifier subtokens, as code summarisation models take them): left truncation keeps it."""
+    w = _words(prompt)
+    return f"{prompt}\n{w}" if w else prompt
+
+
+def sig_last_words(prompt: str) -> str:
+    """Body, then the name as words in a comment line, then the signature (next to the answer)."""
+    w, moved = _words(prompt), sig_last(prompt)
+    if not w or moved == prompt:
+        return moved
+    body, _, sig = moved.rpartition("\n")
+    return f"{body}\n# {w}\n{sig}"
+
+
+PROMPT_FORMATS = {"sig_last": sig_last, "words_last": words_last, "sig_last_words": sig_last_words}
 
 
 def main() -> None:

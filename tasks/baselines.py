@@ -57,22 +57,37 @@ def signature_name(prompt: str) -> str | None:
     return found[1].group(1).rsplit(".", 1)[-1] if found else None
 
 
+def identifier_words(name: str) -> str:
+    """`read_file` / `readFile` / `ReadFile` -> "read file": an identifier's subtokens, lowercase."""
+    words = [w for part in name.split("_") for w in _CAMEL.split(part) if w]
+    return " ".join(w.lower() for w in words)
+
+
 def name_words(prompt: str) -> str | None:
     """`def os.path.read_file(...)` -> "Read file."; None when the prompt has no signature."""
     name = signature_name(prompt)
     if name is None:
         return None
-    words = [w for part in name.split("_") for w in _CAMEL.split(part) if w]
-    if not words:
+    text = identifier_words(name)
+    if not text:
         return None
-    text = " ".join(w.lower() for w in words)
     return text[0].upper() + text[1:] + "."
+
+
+def _drop_name_line(lines: list[str], found: tuple[int, re.Match[str]] | None) -> list[str]:
+    """Without a last line that repeats the signature's name as words (the task's
+    `signature_first_name_words` layout): it is a hint, not text of the docstring."""
+    if found and found[0] == 0 and len(lines) > 2:
+        name = found[1].group(1).rsplit(".", 1)[-1]
+        if lines[-1] == identifier_words(name):
+            return lines[:-1]
+    return lines
 
 
 def first_sentence(prompt: str) -> str:
     """The first sentence of the prompt's text, without its signature line (first or last)."""
     found = _signature_line(prompt)
-    lines = prompt.split("\n")
+    lines = _drop_name_line(prompt.split("\n"), found)
     text = "\n".join(lines[: found[0]] + lines[found[0] + 1 :]) if found and len(lines) > 1 else prompt
     text = " ".join(text.split())
     return _SENTENCE_END.split(text, 1)[0] if text else ""

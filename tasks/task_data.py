@@ -6,7 +6,8 @@ Sources:
   library whose docstring opens with a one-line summary (first paragraph one line, at most
   `max_summary_chars`) followed by a body. prompt = the signature line then the docstring body
   (summary removed), cut to `max_prompt_chars` (`prompt_format: signature_last` puts the
-  signature after the body); response = the summary; group = the module.
+  signature after the body; `signature_first_name_words` adds a last line with the name as
+  lowercase words, the same body otherwise); response = the summary; group = the module.
 * a JSONL or Parquet file (or a folder/glob of them) with `prompt`/`response` fields, or chat
   `messages` ending with an assistant turn (response = that turn, prompt = the turns before it,
   the content alone for a single user turn, else `Role: content` paragraphs). An optional
@@ -36,6 +37,7 @@ from llmflow.config import InputError, TaskDataConfig
 from llmflow.erasure import Rules
 from llmflow.step import StepContext
 from llmflow.store import ArtifactStore
+from tasks.baselines import identifier_words, signature_name
 from tasks.common import step_task
 
 SPLITS = ("train", "validation", "test")
@@ -104,11 +106,14 @@ def module_examples(
                 rejects.append({"id": obj.qualname, "reason": "prompt_too_long", "group": mod.name})
                 continue
             body_text = _cut(textwrap.indent(body, "    "), budget)
-            prompt = (
-                f"{body_text}\n{obj.signature}"
-                if cfg.prompt_format == "signature_last"
-                else f"{obj.signature}\n{body_text}"
-            )
+            if cfg.prompt_format == "signature_last":
+                prompt = f"{body_text}\n{obj.signature}"
+            else:
+                prompt = f"{obj.signature}\n{body_text}"
+            if cfg.prompt_format == "signature_first_name_words" and (
+                words := identifier_words(signature_name(obj.signature) or "")
+            ):
+                prompt += f"\n{words}"  # next to the answer: left truncation keeps it
             # the id does not depend on the prompt format: the same item in either layout
             h = hashlib.sha256(f"{obj.signature}\n{body_text}\0{summary}".encode()).hexdigest()[:10]
             yield Example(f"{obj.qualname}#{h}", prompt, summary, mod.name, key=f"{body}\0{summary}")

@@ -68,6 +68,34 @@ def test_signature_last_is_the_same_task_in_another_order(pydocs_run, tmp_path):
             assert head.startswith(("def ", "async def ")) and b["prompt"] == f"{body}\n{head}"
 
 
+def test_name_words_layout_is_the_same_task_with_a_hint_line(pydocs_run, tmp_path):
+    """signature_first_name_words: the signature_first prompt plus the name as words on a last
+    line; the same items, responses and baselines (the hint line is not docstring text)."""
+    from tasks.baselines import baseline_answers
+
+    cfg, _, ref = pydocs_run
+    words_cfg = cfg.model_copy(update={"prompt_format": "signature_first_name_words"})
+    words = load(run_step("task_data", 1, task_data_step, words_cfg, store=ArtifactStore(tmp_path)))
+    first = load(ref)
+    for s in SPLITS:
+        assert [r["id"] for r in first[s]] == [r["id"] for r in words[s]]
+        assert [r["response"] for r in first[s]] == [r["response"] for r in words[s]]
+        for a, b in zip(first[s], words[s], strict=True):
+            assert b["prompt"].startswith(a["prompt"] + "\n")
+            hint = b["prompt"][len(a["prompt"]) + 1 :]
+            assert hint and hint == hint.lower() and "\n" not in hint and "_" not in hint
+        train = [r["response"] for r in first["train"]]
+        assert baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in words[s]], train) == (
+            baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in first[s]], train)
+        )
+    # a hand-checked item: the hint is the name's subtokens
+    by_id = {r["id"]: r for r in words["train"] + words["validation"] + words["test"]}
+    names = {i: r["prompt"].split("(")[0].rsplit(".", 1)[-1] for i, r in by_id.items()}
+    i, name = next((i, n) for i, n in names.items() if "_" in n.strip("_") and n == n.lower() and "__" not in n)
+    some = by_id[i]
+    assert some["prompt"].rsplit("\n", 1)[1] == name.lower().replace("_", " ").strip()
+
+
 def test_splits_are_disjoint_by_group_and_deterministic(pydocs_run, tmp_path):
     cfg, _, ref = pydocs_run
     rows = load(ref)

@@ -82,13 +82,14 @@ class TaskDataConfig(Section):
     max_summary_chars: int = Field(
         default=120, ge=16, description="pydocs-summary: longest one-line summary."
     )
-    prompt_format: Literal["signature_first", "signature_last"] = Field(
+    prompt_format: Literal["signature_first", "signature_last", "signature_first_name_words"] = Field(
         default="signature_first",
-        description="pydocs-summary: where the signature line stands in the prompt: first (the layout "
-        "of a Python source file) or last (after the docstring body, next to the answer, as the "
-        "pretraining documents put the summary right after the signature). Measured on the demo: no "
-        "consistent difference (+0.063 and -0.010 ROUGE-L on validation with two bases; "
-        "benchmarks/RESULTS.md, demo levers).",
+        description="pydocs-summary: the prompt's layout. signature_first: the signature line, then "
+        "the docstring body (a Python source file's layout). signature_last: the body, then the "
+        "signature. signature_first_name_words: signature_first plus a last line with the "
+        "function's name split into lowercase words (`raw_decode` -> `raw decode`, the identifier "
+        "subtokens code summarisers take), next to the answer; the body is the same as in the "
+        "other layouts. Measured on the demo (benchmarks/RESULTS.md, demo levers, fifth round).",
     )
     include_packages: bool = Field(
         default=False, description="pydocs-summary: also use the installed packages' docstrings."
