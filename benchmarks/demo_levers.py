@@ -49,7 +49,12 @@ LEVERS: dict[str, dict] = {
         "prompt_format": "sig_last",
     },
     "lora-300-siglast": {"max_steps": 300, "prompt_format": "sig_last"},
-    "full-400-lr2e-3-wordslast": {"method": "full", "lr": 2e-3, "max_steps": 400, "prompt_format": "words_last"},
+    "full-400-lr2e-3-wordslast": {
+        "method": "full",
+        "lr": 2e-3,
+        "max_steps": 400,
+        "prompt_format": "words_last",
+    },
     "full-400-lr2e-3-seed2": {"method": "full", "lr": 2e-3, "max_steps": 400, "seed": 2},
     "full-400-lr2e-3-siglast-seed2": {
         "method": "full",

@@ -25,7 +25,9 @@ def test_identifier_words_and_a_body_without_a_sentence_end():
     assert B.identifier_words("__init__") == "init"
     # the hint line never joins the first sentence of a body that has no sentence end
     assert B.first_sentence("def m.get_size(x):\n    Size in bytes\nget size") == "Size in bytes"
-    assert B.first_sentence("def m.get_size(x):\n    Size in bytes\nother words") == "Size in bytes other words"
+    assert (
+        B.first_sentence("def m.get_size(x):\n    Size in bytes\nother words") == "Size in bytes other words"
+    )
 
 
 def test_an_example_def_inside_the_body_is_not_the_signature():

@@ -91,7 +91,9 @@ def test_name_words_layout_is_the_same_task_with_a_hint_line(pydocs_run, tmp_pat
     # a hand-checked item: the hint is the name's subtokens
     by_id = {r["id"]: r for r in words["train"] + words["validation"] + words["test"]}
     names = {i: r["prompt"].split("(")[0].rsplit(".", 1)[-1] for i, r in by_id.items()}
-    i, name = next((i, n) for i, n in names.items() if "_" in n.strip("_") and n == n.lower() and "__" not in n)
+    i, name = next(
+        (i, n) for i, n in names.items() if "_" in n.strip("_") and n == n.lower() and "__" not in n
+    )
     some = by_id[i]
     assert some["prompt"].rsplit("\n", 1)[1] == name.lower().replace("_", " ").strip()
 
