@@ -115,8 +115,10 @@ def server(
     if auth:  # this process and the flow runs it starts are clients of that server
         os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
     _check_port(host, port)
-    # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included.
+    # From here on SIGTERM (`docker stop`, systemd) stops like Ctrl-C, server included; SIGINT is
+    # set too, as a process started in the background by a shell inherits it ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from deployments.localserver import LocalServer, ServerError
 
     prefect_home = os.environ.get("PREFECT_HOME") or os.path.expanduser("~/.prefect")

@@ -161,10 +161,19 @@ class LlmflowServer:
         self.proc: subprocess.Popen | None = None
         self.sessions: set[int] = set()
 
-    def spawn(self) -> subprocess.Popen:
+    def spawn(self, sigint_ignored: bool = False) -> subprocess.Popen:
+        """`sigint_ignored`: start it the way a shell starts a background job (`cmd &`), with
+        SIGINT ignored, which Python keeps unless the program sets a handler itself."""
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.cmd,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=ignore,
             )
         self.sessions.add(self.proc.pid)
         return self.proc

@@ -160,7 +160,8 @@ def test_a_signal_right_after_the_prefect_server_is_spawned(server):
 
 @pytest.mark.slow
 def test_ctrl_c_while_the_prefect_server_starts(server):
-    server.spawn()
+    # started as a background job (SIGINT inherited ignored): `kill -INT` must still stop it
+    server.spawn(sigint_ignored=True)
     wait_for(
         lambda: _prefect_child(server), 60, "the Prefect server process", interval=0.05, proc=server.proc
     )
