@@ -112,10 +112,11 @@ def sig_last(prompt: str) -> str:
 
 
 def _words(prompt: str) -> str | None:
-    from tasks.baselines import name_words
+    """The task's name hint (`signature_first_name_words`): the signature's name as words."""
+    from tasks.baselines import identifier_words, signature_name
 
-    w = name_words(prompt)
-    return w.rstrip(".").lower() if w else None
+    name = signature_name(prompt)
+    return identifier_words(name) or None if name else None
 
 
 def words_last(prompt: str) -> str:
