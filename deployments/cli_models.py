@@ -199,6 +199,16 @@ def generate(
             "samples (the decoding `evaluate.mbr_samples` measures).",
         ),
     ] = 0,
+    copy_bias: Annotated[
+        float,
+        typer.Option(
+            "--copy-bias",
+            min=0.0,
+            max=20.0,
+            help="Add this to the logits of the prompt's own tokens (the decoding `evaluate.copy_bias` "
+            "measures); 0 = off.",
+        ),
+    ] = 0.0,
     home: HomeOpt = None,
     name: NameOpt = "llmflow",
 ) -> None:
@@ -235,6 +245,7 @@ def generate(
         top_p=top_p,
         seed=seed,
         mbr_samples=mbr,
+        copy_bias=copy_bias,
     )
     for i, out in enumerate(outs):
         if num > 1:

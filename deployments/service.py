@@ -261,6 +261,9 @@ def create_app(
         mbr = cfg.mbr_samples if req.mbr_samples is None else req.mbr_samples
         if mbr and req.temperature == 0:
             params["mbr_samples"] = mbr
+        copy_bias = cfg.copy_bias if req.copy_bias is None else req.copy_bias
+        if copy_bias:
+            params["copy_bias"] = copy_bias
         with champion.generate_lock:
             text = sample(model, tokenizer, [format_prompt(req.prompt, req.system, tokenizer)], **params)[0]
         gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})

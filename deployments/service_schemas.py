@@ -28,6 +28,12 @@ class GenerateRequest(BaseModel):
         description="With temperature 0: minimum Bayes risk decoding over the greedy answer and N "
         "samples; default: the service's `serve.mbr_samples`.",
     )
+    copy_bias: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=20.0,
+        description="Added to the logits of the prompt's own tokens; default: the service's `serve.copy_bias`.",
+    )
 
 
 class GenerateResponse(BaseModel):

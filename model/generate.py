@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model.chat import end_marker, fit_prompt
+from model.chat import ROLE_TOKENS, end_marker, fit_prompt
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -39,6 +39,47 @@ def load(model_dir: str | Path, device: str | None = None):
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return model, tokenizer
+
+
+class CopyBias:
+    """A logits processor that adds `bias` to the logits of the tokens of each row's prompt.
+
+    A small model asked to summarise often answers with a fluent phrase it memorised from its
+    training data ("Return the median of the population variance.") instead of the words in
+    front of it; the copy mechanism of pointer-generator summarisers (See et al. 2017) is the
+    usual cure. This is its decoding-time form: every token that occurs in the prompt (special
+    and role tokens and whitespace excepted) gets `bias` added to its logit, so the answer leans toward the
+    prompt's words. `prompt_ids` holds one list per prompt; sampling with several sequences per
+    prompt repeats each row's bias (transformers expands the batch prompt by prompt).
+    """
+
+    def __init__(self, prompt_ids: list[list[int]], vocab_size: int, bias: float, exclude: set[int]):
+        self.bias = torch.zeros((len(prompt_ids), vocab_size))
+        for i, ids in enumerate(prompt_ids):
+            keep = sorted({t for t in ids if t not in exclude and 0 <= t < vocab_size})
+            self.bias[i, keep] = bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(device=scores.device, dtype=scores.dtype)
+        if scores.shape[0] != bias.shape[0]:
+            bias = bias.repeat_interleave(scores.shape[0] // bias.shape[0], dim=0)
+        return scores + bias[:, : scores.shape[-1]]
+
+
+def _copy_processor(model, tokenizer, encoded: list[list[int]], bias: float):
+    """`generate(logits_processor=...)` for a copy bias; empty when `bias` is 0."""
+    if not bias:
+        return {}
+    from transformers import LogitsProcessorList
+
+    exclude = set(tokenizer.all_special_ids)
+    for token in ROLE_TOKENS:
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        exclude.update(ids if len(ids) == 1 else [])
+    seen = {t for ids in encoded for t in ids} - exclude
+    exclude.update(t for t in seen if not tokenizer.decode([t]).strip())  # newlines, indentation
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return {"logits_processor": LogitsProcessorList([CopyBias(encoded, vocab, bias, exclude)])}
 
 
 def _marker_id(tokenizer) -> int | None:
@@ -89,6 +130,7 @@ def generate(
     mbr_samples: int = 0,
     mbr_temperature: float = 0.8,
     mbr_utility=None,
+    copy_bias: float = 0.0,
 ) -> list[str]:
     """Continue each prompt; returns only the new text. temperature 0 = greedy.
 
@@ -96,7 +138,8 @@ def generate(
     `model.chat.fit_prompt` says (the tokenizer's `truncation_side`). Generation stops at
     eos or the answer's end marker (`<|end|>`, or a foreign template's), a token or a text. With
     `mbr_samples` N > 0 (and temperature 0), each answer is chosen by minimum Bayes risk
-    (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`.
+    (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`. `copy_bias` > 0
+    adds that much to the logits of the prompt's own tokens in every decoding (`CopyBias`).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -114,6 +157,7 @@ def generate(
         for j, ids in enumerate(encoded):
             input_ids[j, width - len(ids) :] = torch.tensor(ids)
             attention[j, width - len(ids) :] = 1
+        copy = _copy_processor(model, tokenizer, encoded, copy_bias)
         sampling = temperature > 0
         out = model.generate(
             input_ids=input_ids.to(device),
@@ -125,6 +169,7 @@ def generate(
             top_p=top_p if sampling else None,
             eos_token_id=stop_ids,
             pad_token_id=pad_id,
+            **copy,
             **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
         )
         answers = _decode(tokenizer, out[:, width:], stop_ids, stop_text)
@@ -140,6 +185,7 @@ def generate(
                 num_return_sequences=mbr_samples,
                 eos_token_id=stop_ids,
                 pad_token_id=pad_id,
+                **copy,
                 **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
             )
             samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)

@@ -86,18 +86,26 @@ def load_model(model_dir: Path):
 def decoding(cfg) -> dict[str, Any]:
     """generate() arguments for the configured decoding: greedy, or MBR with ROUGE-L (the task
     metric, scored exactly as the evaluation scores it) as the utility, seeded."""
+    copy = {"copy_bias": cfg.copy_bias} if cfg.copy_bias else {}
     if not cfg.mbr_samples:
-        return {}
+        return copy
 
     return dict(
-        mbr_samples=cfg.mbr_samples, mbr_temperature=cfg.mbr_temperature, mbr_utility=M.rouge_l, seed=cfg.seed
+        mbr_samples=cfg.mbr_samples,
+        mbr_temperature=cfg.mbr_temperature,
+        mbr_utility=M.rouge_l,
+        seed=cfg.seed,
+        **copy,
     )
 
 
 def _decoding_name(cfg) -> str:
-    if not cfg.mbr_samples:
-        return "greedy"
-    return f"MBR over greedy + {cfg.mbr_samples} samples at temperature {cfg.mbr_temperature:g} (ROUGE-L utility)"
+    name = (
+        f"MBR over greedy + {cfg.mbr_samples} samples at temperature {cfg.mbr_temperature:g} (ROUGE-L utility)"
+        if cfg.mbr_samples
+        else "greedy"
+    )
+    return name + (f", copy bias {cfg.copy_bias:g}" if cfg.copy_bias else "")
 
 
 def evaluate_step(ctx: StepContext) -> dict[str, Any]:

@@ -248,3 +248,14 @@ def test_mbr_decoding_is_recorded_and_applies_to_the_base_model_too(store, tok_d
         store=store,
     )
     assert json.loads((store.local_path(greedy) / "metrics.json").read_text())["decoding"] == "greedy"
+    copied = run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        cfg.model_copy(update={"copy_bias": 2.0}),
+        _inputs(store, tok_dir, _rows()),
+        store=store,
+    )
+    doc = json.loads((store.local_path(copied) / "metrics.json").read_text())
+    assert doc["decoding"].startswith("MBR over greedy + 3") and doc["decoding"].endswith(", copy bias 2")
+    assert (store.local_path(copied) / "samples.jsonl").read_text() != first  # the bias was applied

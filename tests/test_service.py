@@ -128,6 +128,12 @@ def test_generate_model_and_health(make, models):
     one, two = client.post("/generate", json=mbr), client.post("/generate", json=mbr)
     assert one.status_code == 200 and one.json()["text"] == two.json()["text"]
     assert client.post("/generate", json={**mbr, "mbr_samples": 65}).status_code == 422
+    # the copy bias on request (evaluate.copy_bias; what it does is tested in test_copy_bias)
+    plain = {"prompt": "def add(a, b): return a + b", "max_new_tokens": 6}
+    r = client.post("/generate", json={**plain, "copy_bias": 20})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] != body["text"]
+    assert client.post("/generate", json={**plain, "copy_bias": -1}).status_code == 422
     sampled = client.post("/generate", json={"prompt": "x", "temperature": 0.9, "top_p": 0.9, "seed": 3})
     assert sampled.status_code == 200
 

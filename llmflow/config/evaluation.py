@@ -30,6 +30,14 @@ class EvaluateConfig(Section):
         "The model before fine-tuning is decoded the same way.",
     )
     mbr_temperature: float = Field(default=0.8, gt=0.0, le=5.0, description="Sampling temperature for MBR.")
+    copy_bias: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=20.0,
+        description="Added to the logits of the prompt's own tokens in every decoding (model.generate."
+        "CopyBias): the answer leans toward the prompt's words. 0 = off. The model before "
+        "fine-tuning is decoded the same way.",
+    )
     batch_size: int = Field(default=16, ge=1, le=MAX_BATCH, description="Generation and scoring batch size.")
     bpb_batches: int = Field(
         default=16, ge=1, le=MAX_ITEMS, description="Validation batches for bits per byte."

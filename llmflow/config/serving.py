@@ -51,6 +51,14 @@ class ServeConfig(Section):
         "and N samples (model/mbr.py), the decoding `evaluate.mbr_samples` measures; 0 = greedy. "
         "A request's `mbr_samples` overrides it. The /v1 API decodes as OpenAI's parameters say.",
     )
+    copy_bias: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=20.0,
+        description="POST /generate: added to the logits of the prompt's own tokens (model.generate."
+        "CopyBias), the decoding `evaluate.copy_bias` measures; 0 = off. A request's `copy_bias` "
+        "overrides it. The /v1 API decodes as OpenAI's parameters say.",
+    )
     max_batch_size: int = Field(
         default=8,
         ge=1,
