@@ -8,7 +8,9 @@ a task_data artifact whose `validation.jsonl` is scored (the levers never look a
 Every configuration is scored with the project's ROUGE-L (stemming on), BLEU, chrF and exact match,
 next to the function-name baseline, with the gate's one-sided paired bootstrap (95%, 1,000
 resamples). MBR candidates are the greedy answer plus N samples; the utility is ROUGE-L
-(model/mbr.py). Appends to benchmarks/results/demo-decoding.json. Seconds depend on the load
+(model/mbr.py). Configurations without transformers' own keys (`num_beams`, ...) decode with
+`model.generate.generate`, as the evaluate step does: `{"mbr": 16, "temperature": 0.8,
+"copy_bias": 2}` is the demo's decoding. Appends to benchmarks/results/demo-decoding.json. Seconds depend on the load
 (recorded).
 """
 
@@ -41,7 +43,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from model.generate import encode_prompt, load, prompt_budget, stop_token_ids
+    from model.generate import encode_prompt, generate, load, prompt_budget, stop_token_ids
     from model.mbr import choose
     from model.sft_data import render_prompt
     from tasks import metrics as M
@@ -68,8 +70,21 @@ def main() -> None:
         t0, preds, bs = time.time(), [], 8
         mnt = c.get("max_new_tokens", 32)
         budget = prompt_budget(model, tok, mnt)
-        hf = {k: v for k, v in c.items() if k not in ("max_new_tokens", "mbr", "temperature")}
-        for i in range(0, len(rows), bs):
+        hf = {k: v for k, v in c.items() if k not in ("max_new_tokens", "mbr", "temperature", "copy_bias")}
+        if not hf:  # greedy, MBR and the copy bias: the code the evaluate step runs
+            preds = generate(
+                model,
+                tok,
+                [render_prompt(fmt(r["prompt"]), tok) for r in rows],
+                max_new_tokens=mnt,
+                batch_size=16,
+                seed=1234,
+                mbr_samples=c.get("mbr", 0),
+                mbr_temperature=c.get("temperature", 0.8),
+                mbr_utility=M.rouge_l,
+                copy_bias=c.get("copy_bias", 0.0),
+            )
+        for i in range(0, len(rows), bs) if hf else ():
             enc = [encode_prompt(tok, render_prompt(fmt(r["prompt"])), budget)[0] for r in rows[i : i + bs]]
             w = max(map(len, enc))
             ids = torch.full((len(enc), w), pad)
