@@ -146,7 +146,26 @@ def main() -> None:
     ap.add_argument("--demo-finetune-steps", type=int, default=60)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides (upstream too)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo-levers.json"))
+    ap.add_argument(
+        "--shape",
+        default=None,
+        help="NAME:hidden,layers,heads,kv_heads,ffn: pretrain a model of that shape (registered as "
+        "preset NAME for this run) instead of the demo's `small`",
+    )
     args = ap.parse_args()
+    if args.shape:
+        from model.presets import PRESETS
+
+        name, dims = args.shape.split(":")
+        keys = (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+        )
+        PRESETS[name] = dict(zip(keys, map(int, dims.split(",")), strict=True))
+        args.set.append(f"pretrain.preset={name}")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     import numpy as np
