@@ -58,12 +58,16 @@ class CopyBias:
         for i, ids in enumerate(prompt_ids):
             keep = sorted({t for t in ids if t not in exclude and 0 <= t < vocab_size})
             self.bias[i, keep] = bias
+        self._placed: tuple | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(device=scores.device, dtype=scores.dtype)
-        if scores.shape[0] != bias.shape[0]:
-            bias = bias.repeat_interleave(scores.shape[0] // bias.shape[0], dim=0)
-        return scores + bias[:, : scores.shape[-1]]
+        key = (scores.device, scores.dtype, scores.shape[0])
+        if self._placed is None or self._placed[0] != key:  # moved and expanded once per generate
+            bias = self.bias.to(device=scores.device, dtype=scores.dtype)
+            if scores.shape[0] != bias.shape[0]:
+                bias = bias.repeat_interleave(scores.shape[0] // bias.shape[0], dim=0)
+            self._placed = (key, bias)
+        return scores + self._placed[1][:, : scores.shape[-1]]
 
 
 def _copy_processor(model, tokenizer, encoded: list[list[int]], bias: float):
