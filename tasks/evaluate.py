@@ -85,7 +85,7 @@ def load_model(model_dir: Path):
 
 def decoding(cfg) -> dict[str, Any]:
     """generate() arguments for the configured decoding: greedy, or MBR with ROUGE-L (the task
-    metric, scored exactly as the evaluation scores it) as the utility, seeded; either with the
+    metric, scored exactly as the evaluation scores it) as the utility, seeded. Either one adds the
     copy bias (`model.generate.CopyBias`) when `copy_bias` > 0."""
     copy = {"copy_bias": cfg.copy_bias} if cfg.copy_bias else {}
     if not cfg.mbr_samples:
