@@ -70,16 +70,23 @@ class CopyBias:
         return scores + self._placed[1][:, : scores.shape[-1]]
 
 
-def _copy_processor(model, tokenizer, encoded: list[list[int]], bias: float):
-    """`generate(logits_processor=...)` for a copy bias; empty when `bias` is 0."""
-    if not bias:
-        return {}
-    from transformers import LogitsProcessorList
-
+def _copy_exclusions(tokenizer) -> set[int]:
+    """The ids a copy bias never boosts: special tokens and the single-token chat roles."""
     exclude = set(tokenizer.all_special_ids)
     for token in ROLE_TOKENS:
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
         exclude.update(ids if len(ids) == 1 else [])
+    return exclude
+
+
+def _copy_processor(model, tokenizer, encoded: list[list[int]], bias: float, exclude: set[int] | None = None):
+    """`generate(logits_processor=...)` for a copy bias; empty when `bias` is 0. `exclude` (grown
+    here by the whitespace pieces seen) defaults to `_copy_exclusions(tokenizer)`."""
+    if not bias:
+        return {}
+    from transformers import LogitsProcessorList
+
+    exclude = _copy_exclusions(tokenizer) if exclude is None else exclude
     seen = {t for ids in encoded for t in ids} - exclude
     exclude.update(t for t in seen if not tokenizer.decode([t]).strip())  # newlines, indentation
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -152,6 +159,7 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     budget = prompt_budget(model, tokenizer, max_new_tokens)  # room for the answer
     outputs: list[str] = []
+    no_copy = _copy_exclusions(tokenizer) if copy_bias else set()  # once, not per batch
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         encoded = [encode_prompt(tokenizer, p, budget)[0] for p in chunk]
@@ -161,7 +169,7 @@ def generate(
         for j, ids in enumerate(encoded):
             input_ids[j, width - len(ids) :] = torch.tensor(ids)
             attention[j, width - len(ids) :] = 1
-        copy = _copy_processor(model, tokenizer, encoded, copy_bias)
+        copy = _copy_processor(model, tokenizer, encoded, copy_bias, no_copy)
         sampling = temperature > 0
         out = model.generate(
             input_ids=input_ids.to(device),

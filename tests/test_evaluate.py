@@ -229,33 +229,26 @@ def test_bad_inputs_are_clear_errors(store, tok_dir, tmp_path):
 
 def test_mbr_decoding_is_recorded_and_applies_to_the_base_model_too(store, tok_dir):
     cfg = CFG.model_copy(update={"mbr_samples": 3, "bias": False, "counterfactual_samples": 0})
-    ref = run_step("evaluate", E.VERSION, E.evaluate_step, cfg, _inputs(store, tok_dir, _rows()), store=store)
-    doc = json.loads((store.local_path(ref) / "metrics.json").read_text())
+
+    def evaluate(update: dict | None = None, force: bool = False):
+        c = cfg.model_copy(update=update or {})
+        inputs = _inputs(store, tok_dir, _rows())
+        return run_step("evaluate", E.VERSION, E.evaluate_step, c, inputs, store=store, force=force)
+
+    def read(ref, name: str) -> str:
+        return (store.local_path(ref) / name).read_text()
+
+    ref = evaluate()
+    doc = json.loads(read(ref, "metrics.json"))
     assert (
         doc["decoding"].startswith("MBR over greedy + 3 samples") and ref.stats["decoding"] == doc["decoding"]
     )
-    again = run_step(
-        "evaluate", E.VERSION, E.evaluate_step, cfg, _inputs(store, tok_dir, _rows()), store=store, force=True
-    )
-    first = (store.local_path(ref) / "samples.jsonl").read_text()
-    assert (store.local_path(again) / "samples.jsonl").read_text() == first  # seeded: repeatable
-    greedy = run_step(
-        "evaluate",
-        E.VERSION,
-        E.evaluate_step,
-        cfg.model_copy(update={"mbr_samples": 0}),
-        _inputs(store, tok_dir, _rows()),
-        store=store,
-    )
-    assert json.loads((store.local_path(greedy) / "metrics.json").read_text())["decoding"] == "greedy"
-    copied = run_step(
-        "evaluate",
-        E.VERSION,
-        E.evaluate_step,
-        cfg.model_copy(update={"copy_bias": 2.0}),
-        _inputs(store, tok_dir, _rows()),
-        store=store,
-    )
-    doc = json.loads((store.local_path(copied) / "metrics.json").read_text())
+    again = evaluate(force=True)
+    first = read(ref, "samples.jsonl")
+    assert read(again, "samples.jsonl") == first  # seeded: repeatable
+    greedy = evaluate({"mbr_samples": 0})
+    assert json.loads(read(greedy, "metrics.json"))["decoding"] == "greedy"
+    copied = evaluate({"copy_bias": 2.0})
+    doc = json.loads(read(copied, "metrics.json"))
     assert doc["decoding"].startswith("MBR over greedy + 3") and doc["decoding"].endswith(", copy bias 2")
-    assert (store.local_path(copied) / "samples.jsonl").read_text() != first  # the bias was applied
+    assert read(copied, "samples.jsonl") != first  # the bias was applied
