@@ -62,6 +62,22 @@ def mean_loss(model, examples: list[dict[str, list[int]]], pad_id: int, batch_si
     return total / max(count, 1)
 
 
+def sft_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0) -> torch.Tensor:
+    """The training loss of a collated batch: the mean cross-entropy of the response tokens, or,
+    with `prompt_weight` > 0, the weighted mean over every real token, the prompt's weighing
+    `prompt_weight` and the response's 1 (bos and padding are never targets)."""
+    if not prompt_weight:
+        return model(**batch).loss
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    # prompt tuning prepends virtual tokens: the last len(ids) positions are the real ones
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, -ids.shape[1] :]
+    weight = torch.where(batch["labels"][:, 1:] != IGNORE, 1.0, prompt_weight) * attention[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
+    )
+    return (ce * weight.flatten()).sum() / weight.sum()
+
+
 @dataclass
 class TrainResult:
     model: Any
@@ -125,7 +141,7 @@ def train_sft(
         set_lr(raw_opts, lr)
         examples = [train[i] for i in batches(step * world + rank)]
         batch = {k: v.to(acc.device) for k, v in collate(examples, pad_id).items()}
-        loss = model(**batch).loss
+        loss = sft_loss(model, batch, cfg.prompt_loss_weight)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         for opt in optimizers:

@@ -80,6 +80,48 @@ def test_loss_masking_on_hand_built_example(tokenizer):
     assert torch.allclose(ForCausalLMLoss(logits_, batch["labels"], len(tokenizer)), manual, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["full", "prompt"])
+def test_prompt_loss_weight_weighs_the_prompt_tokens(dirs, tokenizer, method):
+    """finetune.prompt_loss_weight: 0 is the model's own response-only loss; w > 0 is the weighted
+    mean over every real token (prompt w, response 1), computed here from the logits by hand; 1 is
+    the plain language-model loss; padding and bos are never targets, and prompt tuning's
+    virtual tokens are not either."""
+    model, _ = adapters.load_base(dirs["base"])
+    model = adapters.wrap_model(model, cfg(method=method, num_virtual_tokens=4), tokenizer_dir=dirs["base"])
+    pairs = [
+        sft_data.encode_pair(tokenizer, format_prompt(p), r, max_len=64)
+        for p, r in (("def sum(x): add the items of x", "Return the sum."), ("x", "No."))
+    ]
+    batch = sft_data.collate([{"input_ids": i, "labels": la} for i, la, _ in pairs], tokenizer.pad_token_id)
+    ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=attn).logits[:, -ids.shape[1] :]
+        ce = torch.nn.functional.cross_entropy(out[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        response = labels[:, 1:] != -100
+        real = attn[:, 1:].bool()
+        assert real.sum() > response.sum() > 0
+
+        def by_hand(w: float) -> torch.Tensor:
+            weight = torch.where(response, 1.0, w) * real
+            return (ce * weight).sum() / weight.sum()
+
+        assert torch.allclose(sft.sft_loss(model, batch, 0.0), ce[response].mean(), atol=1e-5)
+        assert torch.allclose(sft.sft_loss(model, batch, 0.0), model(**batch).loss, atol=1e-5)
+        assert torch.allclose(sft.sft_loss(model, batch, 0.1), by_hand(0.1), atol=1e-5)
+        assert torch.allclose(sft.sft_loss(model, batch, 1.0), ce[real].mean(), atol=1e-5)
+        lm_labels = ids.masked_fill(attn == 0, -100)  # the language-model loss, as transformers computes it
+        lm_labels[:, 0] = -100  # bos: a target only after prompt tuning's virtual tokens
+        assert torch.allclose(
+            sft.sft_loss(model, batch, 1.0),
+            model(input_ids=ids, attention_mask=attn, labels=lm_labels).loss,
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="prompt_loss_weight"):
+        cfg(prompt_loss_weight=1.5)
+    with pytest.raises(ValueError, match="prompt_loss_weight"):
+        cfg(prompt_loss_weight=-0.1)
+
+
 def test_truncation_and_rejected_rows_are_counted(tokenizer, tmp_path):
     long_prompt = "def f(x): " + "return the sum of x " * 40
     ids, labels, cut = sft_data.encode_pair(tokenizer, format_prompt(long_prompt), "return sum.", max_len=48)
@@ -232,6 +274,36 @@ def test_full_finetune_trains_every_weight(dirs, tmp_path):
     model, loaded_tok = adapters.load_finetuned(tmp_path / "model")
     assert torch.allclose(logits(model, tok), logits(result.model.eval(), tok), atol=1e-5)
     assert loaded_tok.truncation_side == "left"  # the default, recorded with the model
+
+
+def test_a_prompt_loss_weight_trains_the_prompt_tokens_too(dirs):
+    """The same full fine-tune with and without prompt_loss_weight: with it, the model also learns
+    to predict the prompts (their loss falls further), and the reported validation loss is still
+    the response's alone (as mean_loss computes it)."""
+    rows = task_rows(32)
+    runs = {
+        w: sft.finetune(
+            dirs["base"],
+            rows,
+            task_rows(4, "v"),
+            cfg(method="full", lr=3e-3, max_steps=15, prompt_loss_weight=w),
+        )
+        for w in (0.0, 0.5)
+    }
+    prompt_loss = {}
+    for w, (result, tok, data) in runs.items():
+        batch = sft_data.collate(data["train"].examples, tok.pad_token_id)
+        result.model.eval()
+        with torch.no_grad():
+            everything = sft.sft_loss(result.model, batch, 1.0)
+            response = sft.sft_loss(result.model, batch, 0.0)
+        n_resp = int((batch["labels"][:, 1:] != -100).sum())
+        n_all = int(batch["attention_mask"][:, 1:].sum())
+        prompt_loss[w] = (everything * n_all - response * n_resp) / (n_all - n_resp)
+        assert result.stats["val_loss"] == round(
+            sft.mean_loss(result.model, data["validation"].examples, tok.pad_token_id, 8), 4
+        )
+    assert prompt_loss[0.5] < prompt_loss[0.0] - 0.3
 
 
 def test_the_truncation_side_is_trained_and_loaded_with_the_model(dirs, tmp_path):

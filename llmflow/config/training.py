@@ -176,6 +176,15 @@ class FinetuneConfig(LaunchConfig):
     )
     warmup_steps: int = Field(default=10, ge=0, le=MAX_STEPS)
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decay of trainable matrices.")
+    prompt_loss_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Weight of the prompt tokens' next-token loss beside the response's (weight 1): "
+        "0 trains on the response alone; a small weight (0.01-0.1) keeps the model predicting the "
+        "prompts' text too, which helps tasks with long prompts and short answers "
+        "(Huerta-Enochian & Ko 2024).",
+    )
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     checkpoint_every: int = Field(
         default=50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints."
