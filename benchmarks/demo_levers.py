@@ -102,6 +102,21 @@ LEVERS: dict[str, dict] = {
         "max_steps": 600,
         "task": {"train_from_packages": 12000},
     },
+    # the prompt tokens' loss at a small weight beside the response's (finetune.prompt_loss_weight)
+    **{
+        f"full-400-lr2e-3-plw{w}": {"method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": w}
+        for w in (0.01, 0.03, 0.1, 0.3, 0.5, 1.0)
+    },
+    **{
+        f"full-400-lr2e-3-plw{w}-seed2": {
+            "method": "full",
+            "lr": 2e-3,
+            "max_steps": 400,
+            "prompt_loss_weight": w,
+            "seed": 2,
+        }
+        for w in (0.03, 0.1, 0.3, 0.5)
+    },
 }
 
 
@@ -138,6 +153,35 @@ def sig_last_words(prompt: str) -> str:
 PROMPT_FORMATS = {"sig_last": sig_last, "words_last": words_last, "sig_last_words": sig_last_words}
 
 
+def cv_tasks(store, task, task_dir: Path, fold: str):
+    """(fine-tune task, evaluation task, the evaluation task's folder) for fold `K/N` of the train
+    split: modules go to folds by a hash of their name; the fine-tune's train split is the other
+    folds (its validation split stays the task's, for the validation loss), the evaluation task's
+    test split is fold K and its train split the other folds (the baselines' training answers)."""
+    import hashlib
+
+    k, n = map(int, fold.split("/"))
+    assert 0 <= k < n, f"--cv-fold {fold}: K must be in [0, N)"
+    rows = (task_dir / "train.jsonl").read_text().splitlines()
+
+    def in_fold(line: str) -> bool:
+        group = json.loads(line)["group"]
+        return int(hashlib.sha256(group.encode()).hexdigest(), 16) % n == k
+
+    held = "".join(x + "\n" for x in rows if in_fold(x))
+    rest = "".join(x + "\n" for x in rows if not in_fold(x))
+    val = (task_dir / "validation.jsonl").read_text()
+    refs = []
+    for tag, test in (("ft", val), ("eval", held)):
+        key = f"cv{k}of{n}-{tag}-{task.key[:16]}"
+        with store.write("task_data", key, {"stats": task.stats}) as out:
+            for split, text in (("train", rest), ("validation", val), ("test", test)):
+                (out / f"{split}.jsonl").write_text(text)
+        refs.append(store.ref("task_data", key))
+    print(f"cv fold {fold}: {held.count(chr(10))} held-out items, {rest.count(chr(10))} train", flush=True)
+    return refs[0], refs[1], store.local_path(refs[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--home", default=str(ROOT / "benchmarks" / "out" / "levers-home"))
@@ -151,6 +195,14 @@ def main() -> None:
         default=None,
         help="NAME:hidden,layers,heads,kv_heads,ffn: pretrain a model of that shape (registered as "
         "preset NAME for this run) instead of the demo's `small`",
+    )
+    ap.add_argument(
+        "--cv-fold",
+        default=None,
+        metavar="K/N",
+        help="score on fold K of N of the TRAIN split's modules instead of the validation split "
+        "(the fine-tune trains on the other folds): more held-out items, and every one from a module "
+        "the fine-tune never saw, as the test split's are",
     )
     args = ap.parse_args()
     if args.shape:
@@ -198,6 +250,8 @@ def main() -> None:
         for split, src in (("train", "train"), ("validation", "validation"), ("test", "validation")):
             (out / f"{split}.jsonl").write_text((task_dir / f"{src}.jsonl").read_text())
     val_task = store.ref("task_data", f"validation-as-test-{task.key[:16]}")
+    if args.cv_fold:  # fine-tune on the other folds of the train split, score on fold K
+        task, val_task, task_dir = cv_tasks(store, task, task_dir, args.cv_fold)
 
     def task_variant(fmt: str):
         """The task (and the validation-as-test task) with every prompt rendered by `fmt`."""
@@ -237,7 +291,8 @@ def main() -> None:
     # the trivial baselines, always on the original prompts
     from tasks import baselines as B
 
-    val_rows = [json.loads(x) for x in (task_dir / "validation.jsonl").read_text().splitlines()]
+    eval_split = "test" if args.cv_fold else "validation"
+    val_rows = [json.loads(x) for x in (task_dir / f"{eval_split}.jsonl").read_text().splitlines()]
     train_resp = [json.loads(x)["response"] for x in (task_dir / "train.jsonl").read_text().splitlines()]
     base_answers = B.baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in val_rows], train_resp)
     base_scores = {
@@ -283,7 +338,7 @@ def main() -> None:
             "finetune": {
                 k: v
                 for k, v in ft_cfg.model_dump(mode="json").items()
-                if k in ("method", "lr", "max_steps", "lora_r")
+                if k in ("method", "lr", "max_steps", "lora_r", "prompt_loss_weight", "seed")
             },
             "steps": tuned.stats.get("steps"),
             "finetune_seconds": round(ft_seconds, 1),
