@@ -38,3 +38,32 @@ def test_generate_with_mbr_is_seeded_and_picks_a_candidate(tmp_path):
     assert len(picks) == 2 and seen  # the utility was asked
     cands = {x for pair in seen for x in pair}
     assert set(picks) <= cands | set(greedy)
+
+
+@pytest.mark.parametrize("copy_bias", [0.0, 2.0])
+def test_samples_from_the_shared_prompt_cache_are_transformers_own(tmp_path, monkeypatch, copy_bias):
+    """MBR's samples run each prompt once and repeat its KV cache (`_repeated_prompts`); with the
+    same seed they are token for token the samples of transformers' `num_return_sequences`, which
+    runs the prompt once per sample: left padding (prompts of different lengths), the copy bias's
+    repeated rows and the candidates MBR sees are all the same."""
+    import model.generate as G
+
+    tok = tiny_tokenizer_dir(tmp_path / "tok")
+    model, tokenizer = G.load(tiny_model_dir(tmp_path / "m", tok), "cpu")
+    prompts = ["def f(x): return the sum of the items of x", "read", "open the file and read its lines"]
+    seen: list[list[tuple[str, str]]] = [[], []]
+
+    def run(i: int) -> list[str]:
+        return G.generate(
+            model, tokenizer, prompts, max_new_tokens=8, mbr_samples=5, mbr_temperature=1.0, seed=3,
+            copy_bias=copy_bias, mbr_utility=lambda a, b: seen[i].append((a, b)) or float(a == b),
+        )  # fmt: skip
+
+    shared = run(0)
+    monkeypatch.setattr(
+        G,
+        "_repeated_prompts",
+        lambda m, ids, att, n: {"input_ids": ids, "attention_mask": att, "num_return_sequences": n},
+    )
+    assert run(1) == shared
+    assert seen[0] == seen[1] and len({a for a, _ in seen[0]}) > 3  # the same, varied candidates
