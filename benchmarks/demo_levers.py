@@ -8,6 +8,10 @@ baselines, with the gate's one-sided paired bootstrap against the best baseline.
 
     python benchmarks/demo_levers.py [--levers lora,full,...] [--home benchmarks/out/levers-home]
 
+`--cv-fold K/N` scores on fold K of the train split's modules instead (the fine-tune trains on
+the other N-1 folds): every scored item comes from a module the fine-tune never saw, as on the
+test split, where the 108 validation items (39 from one module) do not separate fine-tune levers.
+
 Writes benchmarks/results/demo-levers.json and prints a table. Budgets are in steps, so the
 ROUGE-L column does not depend on other jobs; the seconds do (they are marked with the load).
 """
