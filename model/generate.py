@@ -213,8 +213,8 @@ def _repeated_prompts(model, input_ids: torch.Tensor, attention: torch.Tensor, r
     repeated: transformers would run the prompt once per sample, most of the cost of minimum
     Bayes risk decoding's 16 samples (a 2x saving for the demo's prompts). The cache covers all
     but each prompt's last token, which `generate` then runs itself; position ids are the ones
-    `generate` derives from the attention mask. A prompt-tuned (peft) model, whose virtual tokens
-    `generate` adds, gets `num_return_sequences` instead."""
+    `generate` derives from the attention mask. A peft model (prompt tuning's virtual tokens are
+    added inside its `generate`) gets `num_return_sequences` instead."""
     if getattr(model, "peft_config", None) is not None or input_ids.shape[1] < 2:
         return {"input_ids": input_ids, "attention_mask": attention, "num_return_sequences": repeats}
     import inspect
