@@ -338,7 +338,8 @@ def main() -> None:
         refs_b.update(base_scores)  # the trivial baselines on the original prompts
         best = max((b for b in refs_b if b != "base"), key=lambda b: np.mean(refs_b[b]))
         vs_best = M.paired_lower_bound(cand, refs_b[best], 1000, 1234, 0.95)
-        results[name] = {
+        key = name + (f"@cv{args.cv_fold}" if args.cv_fold else "")  # folds do not overwrite each other
+        results[key] = {
             "finetune": {
                 k: v
                 for k, v in ft_cfg.model_dump(mode="json").items()
@@ -356,7 +357,7 @@ def main() -> None:
             "gain_over_best": vs_best,
             "load_avg": os.getloadavg()[0],
         }
-        r = results[name]
+        r = results[key]
         print(
             f"{name}: rougeL {r['rougeL']:.4f} {r['rougeL_ci']} vs {best} {np.mean(refs_b[best]):.4f}, "
             f"gain {vs_best['diff']:+.4f} (95% lower {vs_best['lower']:+.4f}); {r['steps']} steps {ft_seconds:.0f}s",
