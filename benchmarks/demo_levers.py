@@ -165,15 +165,11 @@ def cv_tasks(store, task, task_dir: Path, fold: str):
     import hashlib
 
     k, n = map(int, fold.split("/"))
-    assert 0 <= k < n, f"--cv-fold {fold}: K must be in [0, N)"
-    rows = (task_dir / "train.jsonl").read_text().splitlines()
-
-    def in_fold(line: str) -> bool:
+    parts: dict[bool, list[str]] = {True: [], False: []}  # in fold K, or not
+    for line in (task_dir / "train.jsonl").read_text().splitlines():
         group = json.loads(line)["group"]
-        return int(hashlib.sha256(group.encode()).hexdigest(), 16) % n == k
-
-    held = "".join(x + "\n" for x in rows if in_fold(x))
-    rest = "".join(x + "\n" for x in rows if not in_fold(x))
+        parts[int(hashlib.sha256(group.encode()).hexdigest(), 16) % n == k].append(line + "\n")
+    held, rest = "".join(parts[True]), "".join(parts[False])
     val = (task_dir / "validation.jsonl").read_text()
     refs = []
     for tag, test in (("ft", val), ("eval", held)):
@@ -209,6 +205,10 @@ def main() -> None:
         "the fine-tune never saw, as the test split's are",
     )
     args = ap.parse_args()
+    if args.cv_fold:
+        k, _, n = args.cv_fold.partition("/")
+        if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+            ap.error(f"--cv-fold {args.cv_fold!r}: expected K/N with 0 <= K < N, e.g. 0/5")
     if args.shape:
         from model.presets import PRESETS
 
