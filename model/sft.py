@@ -85,6 +85,18 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def _neftune(model, alpha: float):
+    """NEFTune's noise on the input embeddings in training mode (transformers' hook); the handle
+    to remove it, or None when `alpha` is 0."""
+    if not alpha:
+        return None
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    embed = model.get_input_embeddings()
+    embed.neftune_noise_alpha = alpha
+    return embed.register_forward_hook(neftune_post_forward_hook)
+
+
 def train_sft(
     model,
     train: list[dict[str, list[int]]],
@@ -131,6 +143,7 @@ def train_sft(
         )  # fmt: skip
 
     model.train()
+    noise = _neftune(raw, cfg.neftune_alpha)
     t_start = time.time() - elapsed
     while True:
         elapsed = time.time() - t_start
@@ -165,6 +178,8 @@ def train_sft(
     if checkpoint_dir is not None and history and step % cfg.checkpoint_every:
         save_checkpoint()
     seconds = time.time() - t_start
+    if noise is not None:
+        noise.remove()
     model = acc.unwrap_model(model)
     tail = [h["loss"] for h in history[-10:]]
     stats = {

@@ -306,6 +306,20 @@ def test_a_prompt_loss_weight_trains_the_prompt_tokens_too(dirs):
     assert prompt_loss[0.5] < prompt_loss[0.0] - 0.3
 
 
+def test_neftune_noise_is_on_while_training_and_gone_after(dirs):
+    """neftune_alpha > 0: the same seed's run trains on other losses (the embeddings are noisy),
+    and the hook is removed, so the returned model's outputs are deterministic."""
+    runs = {
+        a: sft.finetune(dirs["base"], task_rows(16), [], cfg(method="full", max_steps=3, neftune_alpha=a))
+        for a in (0.0, 5.0)
+    }
+    assert runs[5.0][0].stats["first_loss"] != runs[0.0][0].stats["first_loss"]
+    model, tok = runs[5.0][0].model, runs[5.0][1]
+    assert not model.get_input_embeddings()._forward_hooks
+    model.train()  # the hook would act in training mode only
+    assert torch.equal(logits(model, tok), logits(model, tok))
+
+
 def test_the_truncation_side_is_trained_and_loaded_with_the_model(dirs, tmp_path):
     result, tok, _ = sft.finetune(
         dirs["base"], task_rows(8), [], cfg(method="full", max_steps=1, truncation_side="right")

@@ -186,6 +186,14 @@ class FinetuneConfig(LaunchConfig):
         "2024; the demo uses 0.3). The logged training loss is then the weighted mean; the "
         "validation loss stays the response's.",
     )
+    neftune_alpha: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="NEFTune (Jain et al. 2023): uniform noise of scale alpha / sqrt(length x hidden) "
+        "added to the input embeddings while training (transformers' own hook); 0 = off. The "
+        "paper uses 5-15.",
+    )
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     checkpoint_every: int = Field(
         default=50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints."
