@@ -37,6 +37,11 @@ def main() -> None:
     )
     ap.add_argument("--prompt-format", default=None, choices=["sig_last"])
     ap.add_argument("--label", default="")
+    ap.add_argument(
+        "--split",
+        default="validation",
+        help="the task split to score: `test` of a `demo_levers.py --cv-fold` evaluation task is the held-out fold",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo-decoding.json"))
     args = ap.parse_args()
 
@@ -49,7 +54,7 @@ def main() -> None:
     from tasks import metrics as M
     from tasks.baselines import name_words
 
-    rows = [json.loads(x) for x in (Path(args.task) / "validation.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (Path(args.task) / f"{args.split}.jsonl").read_text().splitlines()]
     refs = [r["response"] for r in rows]
     nw = [M.rouge_l(name_words(r["prompt"]) or "", ref) for r, ref in zip(rows, refs, strict=True)]
     fmt = (lambda p: p) if args.prompt_format is None else __import__("demo_levers").sig_last
@@ -115,6 +120,7 @@ def main() -> None:
         gain = M.paired_lower_bound(s, nw, 1000, 1234, 0.95)
         r = {
             "label": args.label,
+            "split": args.split,
             "config": c,
             "rougeL": round(float(np.mean(s)), 4),
             "bleu": round(metrics["bleu"], 2),
