@@ -121,7 +121,45 @@ LEVERS: dict[str, dict] = {
         }
         for w in (0.03, 0.1, 0.3, 0.5)
     },
-}
+    # regularising the fine-tune (it memorises the train split's phrases: train loss ~1, validation 3.4)
+    "full-400-lr2e-3-plw0.3-wd0.1": {
+        "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "weight_decay": 0.1,
+    },
+    **{
+        f"full-400-lr2e-3-plw0.3-neft{a}": {
+            "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "neftune_alpha": a,
+        }
+        for a in (2, 5, 10)
+    },
+    # one-line docstrings of the train split's modules as extra train items (signature -> summary)
+    "full-400-lr2e-3-plw0.3-oneline": {
+        "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "oneline": True,
+    },
+    "full-400-lr2e-3-plw0.3-oneline-seed2": {
+        "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "oneline": True, "seed": 2,
+    },
+    "full-600-lr2e-3-plw0.3-oneline": {
+        "method": "full", "lr": 2e-3, "max_steps": 600, "prompt_loss_weight": 0.3, "oneline": True,
+    },
+}  # fmt: skip
+
+
+def oneline_rows(groups: set[str], task_cfg) -> list[dict]:
+    """`tasks.task_data.one_line_example` of every function of `groups` whose whole docstring is
+    one line (the task keeps only docstrings with a body, so these are new items)."""
+    from tasks import pydocs
+    from tasks.task_data import one_line_example
+
+    rows = []
+    for res in pydocs.walk(False):
+        for mod in res.modules:
+            for obj in mod.objects if mod.name in groups else ():
+                ex = one_line_example(obj, mod.name, task_cfg) if obj.kind != "class" else None
+                if ex is not None:
+                    rows.append(
+                        {"id": ex.id, "prompt": ex.prompt, "response": ex.response, "group": ex.group}
+                    )
+    return rows
 
 
 def sig_last(prompt: str) -> str:
@@ -292,6 +330,23 @@ def main() -> None:
         print(f"task {task_over}: {ref.stats['train']} train examples", flush=True)
         return ref
 
+    def with_oneline(t):
+        """`t` with the one-line docstrings of its train split's modules added to its train split."""
+        d = store.local_path(t)
+        train = [json.loads(x) for x in (d / "train.jsonl").read_text().splitlines()]
+        seen = {r["prompt"] for r in train}
+        extra = [
+            r for r in oneline_rows({r["group"] for r in train}, cfg.task_data) if r["prompt"] not in seen
+        ]
+        key = f"oneline-{t.key[:40]}"
+        with store.write("task_data", key, {"stats": t.stats}) as out:
+            rows = train + extra
+            (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            for split in ("validation", "test"):
+                (out / f"{split}.jsonl").write_text((d / f"{split}.jsonl").read_text())
+        print(f"oneline: {len(extra)} one-line docstrings added to {len(train)} train items", flush=True)
+        return store.ref("task_data", key)
+
     # the trivial baselines, always on the original prompts
     from tasks import baselines as B
 
@@ -311,6 +366,8 @@ def main() -> None:
         ft_task, ev_task = task_variant(fmt) if fmt else (task, val_task)
         if "task" in over:
             ft_task = more_train(over.pop("task"))
+        if over.pop("oneline", False):
+            ft_task = with_oneline(ft_task)
         if name == "lora-demo":
             over = {"max_steps": args.demo_finetune_steps, "max_seconds": None}
         ft_cfg = cfg.finetune.model_copy(update={"max_seconds": None, **over})
@@ -343,7 +400,17 @@ def main() -> None:
             "finetune": {
                 k: v
                 for k, v in ft_cfg.model_dump(mode="json").items()
-                if k in ("method", "lr", "max_steps", "lora_r", "prompt_loss_weight", "seed")
+                if k
+                in (
+                    "method",
+                    "lr",
+                    "max_steps",
+                    "lora_r",
+                    "prompt_loss_weight",
+                    "seed",
+                    "weight_decay",
+                    "neftune_alpha",
+                )
             },
             "steps": tuned.stats.get("steps"),
             "finetune_seconds": round(ft_seconds, 1),

@@ -82,23 +82,48 @@ def summary_and_body(doc: str, max_summary: int) -> tuple[str, str] | None:
     return summary, body
 
 
-def pydocs_examples(cfg: TaskDataConfig, rejects: list[dict[str, Any]]) -> Iterator[Example]:
+def pydocs_examples(
+    cfg: TaskDataConfig, rejects: list[dict[str, Any]], one_line: list[Example] | None = None
+) -> Iterator[Example]:
     from tasks import pydocs
 
     for result in pydocs.walk(cfg.include_packages):
-        yield from module_examples(result.modules, cfg, rejects)
+        yield from module_examples(result.modules, cfg, rejects, one_line)
+
+
+def one_line_example(obj: Any, group: str, cfg: TaskDataConfig) -> Example | None:
+    """signature (+ the name hint line in `signature_first_name_words`) -> the docstring, for a
+    function whose whole docstring is one line of at most `max_summary_chars`, else None. The
+    task proper needs a body to summarise; these teach the step from a name to a summary."""
+    doc = obj.doc.strip()
+    if not doc or "\n" in doc or len(doc) > cfg.max_summary_chars:
+        return None
+    prompt = obj.signature
+    if cfg.prompt_format == "signature_first_name_words" and (
+        words := identifier_words(signature_name(obj.signature) or "")
+    ):
+        prompt += f"\n{words}"
+    h = hashlib.sha256(f"{obj.signature}\0{doc}".encode()).hexdigest()[:10]
+    return Example(f"{obj.qualname}#{h}", prompt, doc, group)
 
 
 def module_examples(
-    modules: Iterable[Any], cfg: TaskDataConfig, rejects: list[dict[str, Any]]
+    modules: Iterable[Any],
+    cfg: TaskDataConfig,
+    rejects: list[dict[str, Any]],
+    one_line: list[Example] | None = None,
 ) -> Iterator[Example]:
-    """Examples of the documented functions and methods of parsed modules (tasks/pydocs.py)."""
+    """Examples of the documented functions and methods of parsed modules (tasks/pydocs.py).
+    With a `one_line` list, the functions whose docstring is a single line (no body, so no
+    example) are appended to it as `one_line_example`s."""
     for mod in modules:
         for obj in mod.objects:
             if obj.kind == "class":
                 continue
             sb = summary_and_body(obj.doc, cfg.max_summary_chars)
             if sb is None:
+                if one_line is not None and (ex := one_line_example(obj, mod.name, cfg)) is not None:
+                    one_line.append(ex)
                 continue
             summary, body = sb
             budget = cfg.max_prompt_chars - len(obj.signature) - 1
@@ -155,6 +180,35 @@ def package_train_examples(
         seen.update((ex.prompt, ex.key))
         out.append(ex)
     return out, erased
+
+
+def add_one_line_train(
+    kept: list[Example],
+    one_line: list[Example],
+    split_of: dict[str, str],
+    seen: set[str],
+    rules: Rules,
+    rejects: list[dict[str, Any]],
+    n_erased: int,
+) -> tuple[int, int]:
+    """Append to `kept` the one-line docstrings (`one_line_example`) of the modules in the TRAIN
+    split: a module of the validation or test split gives nothing, so the held-out splits are
+    the task's own. A repeated prompt is a `duplicate` reject; an erasure pattern's match is
+    counted, written nowhere. Returns (added, n_erased)."""
+    added = 0
+    for ex in one_line:
+        if split_of.get(ex.group) != "train":
+            continue
+        if rules.patterns and (rules.matches_text(ex.prompt) or rules.matches_text(ex.response)):
+            n_erased += 1
+            continue
+        if ex.prompt in seen:
+            rejects.append({"id": ex.id, "reason": "duplicate", "group": ex.group, "prompt": ex.prompt})
+            continue
+        seen.add(ex.prompt)
+        kept.append(ex)
+        added += 1
+    return added, n_erased
 
 
 # --------------------------------------------------------------------------- files
@@ -309,8 +363,9 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
         )
     n_erased = 0
     rejects: list[dict[str, Any]] = []
+    one_line: list[Example] = []
     if cfg.source == BUILTIN:
-        examples = pydocs_examples(cfg, rejects)
+        examples = pydocs_examples(cfg, rejects, one_line if cfg.train_one_line_docstrings else None)
     elif cfg.source.startswith("builtin:"):
         raise InputError(f"task_data.source: unknown builtin {cfg.source!r} (known: {BUILTIN})")
     else:
@@ -342,6 +397,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
 
     split_of = assign_splits([e.group for e in kept], cfg.validation_fraction, cfg.test_fraction)
     n_limited, n_packages = len(kept), 0
+    n_one_line, n_erased = add_one_line_train(kept, one_line, split_of, seen, rules, rejects, n_erased)
     if cfg.train_from_packages:
         held_out = [e for e in kept if split_of[e.group] != "train"]
         extra, erased = package_train_examples(cfg, held_out, seen, rules, rejects)
@@ -373,6 +429,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
         "groups": {s: len(groups[s]) for s in SPLITS},
         "erased": n_erased,
         "train_from_packages": n_packages,
+        "train_one_line": n_one_line,
     }
     sample = kept[0]
     ctx.report(
@@ -382,6 +439,7 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
                 "",
                 f"Source `{cfg.source}`: {available:,} usable examples"
                 + (f", limited to {n_limited:,}" if n_limited < available else "")
+                + (f", {n_one_line:,} one-line docstrings of train modules" if n_one_line else "")
                 + (f", and {n_packages:,} train examples from the installed packages" if n_packages else "")
                 + f"; {len(rejects):,} rejected ({dict(by_reason) or 'none'}).",
                 "",

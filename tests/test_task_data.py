@@ -130,6 +130,57 @@ def test_train_from_packages_grows_only_the_train_split(pydocs_run, tmp_path):
     assert not {r["group"].removeprefix("packages:") for r in extra} & stdlib
 
 
+def test_one_line_docstrings_grow_only_the_train_split(pydocs_run, tmp_path):
+    """train_one_line_docstrings: the functions of train modules whose whole docstring is one
+    line join the train split (signature -> that line); validation and test are unchanged, and the
+    response is the docstring Python itself reports for the function."""
+    import importlib
+    import inspect
+
+    cfg, _, ref = pydocs_run
+    more_ref = run_step(
+        "task_data",
+        1,
+        task_data_step,
+        cfg.model_copy(update={"train_one_line_docstrings": True}),
+        store=ArtifactStore(tmp_path),
+    )
+    base, more = load(ref), load(more_ref)
+    assert more["validation"] == base["validation"] and more["test"] == base["test"]
+    assert more["train"][: len(base["train"])] == base["train"]
+    extra = more["train"][len(base["train"]) :]
+    assert len(extra) == more_ref.stats["train_one_line"] > 50
+    assert {r["group"] for r in extra} <= {r["group"] for r in base["train"]}
+    assert len({r["prompt"] for r in more["train"]}) == len(more["train"])
+    for r in extra:
+        assert "\n" not in r["prompt"] and r["prompt"].startswith(("def ", "async def "))
+        assert r["response"] and "\n" not in r["response"] and len(r["response"]) <= cfg.max_summary_chars
+    checked = 0
+    for r in extra:  # the label, from the imported function rather than the source walk
+        qualname = r["prompt"].split("(")[0].split()[-1]
+        try:
+            module = obj = importlib.import_module(r["group"])
+            for part in qualname.removeprefix(r["group"] + ".").split("."):
+                obj = getattr(obj, part)
+            python_source = inspect.getsourcefile(obj) == module.__file__
+        except Exception:  # a platform-only module, a name bound at run time, a C function
+            continue
+        if python_source and obj.__doc__:  # not replaced by a C accelerator's (datetime's)
+            assert inspect.cleandoc(obj.__doc__).strip() == r["response"], qualname
+            checked += 1
+    assert checked >= 20
+    words_cfg = cfg.model_copy(
+        update={"train_one_line_docstrings": True, "prompt_format": "signature_first_name_words"}
+    )
+    words = load(run_step("task_data", 1, task_data_step, words_cfg, store=ArtifactStore(tmp_path)))
+    hinted = words["train"][-len(extra) :]
+    assert [r["response"] for r in hinted] == [r["response"] for r in extra]
+    assert all(h["prompt"].startswith(r["prompt"]) for h, r in zip(hinted, extra, strict=True))
+    assert sum(h["prompt"].count("\n") == 1 for h in hinted) > len(hinted) // 2  # the name hint line
+    with pytest.raises(ValueError, match="train_one_line_docstrings"):
+        TaskDataConfig(train_one_line_docstrings=True, source="tasks.jsonl")
+
+
 def test_package_examples_that_repeat_held_out_items_are_dropped():
     """A package docstring that copies a held-out item (packages vendor the stdlib) is rejected."""
     from llmflow.erasure import Rules

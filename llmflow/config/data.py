@@ -102,11 +102,20 @@ class TaskDataConfig(Section):
         "packages to the TRAIN split (validation and test stay the standard library's; an item sharing "
         "a word 13-gram with a held-out prompt or response is dropped as contaminated).",
     )
+    train_one_line_docstrings: bool = Field(
+        default=False,
+        description="pydocs-summary: also add to the TRAIN split the functions of train-split "
+        "modules whose whole docstring is one line (prompt: the signature, and the name hint line "
+        "in signature_first_name_words; response: the docstring). They have no body to summarise, "
+        "so the task proper leaves them out; they teach the step from a name to a summary. "
+        "Validation and test are unchanged.",
+    )
     limit: int | None = Field(
         default=None,
         ge=1,
         le=MAX_ITEMS,
-        description="Keep at most this many examples (before train_from_packages).",
+        description="Keep at most this many examples (before train_from_packages and "
+        "train_one_line_docstrings).",
     )
 
     @model_validator(mode="after")
@@ -115,6 +124,15 @@ class TaskDataConfig(Section):
             raise ValueError(
                 "train_from_packages adds package docstrings to the train split of builtin:pydocs-summary; "
                 "it does not combine with include_packages (packages in every split) or a task file"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_line_builtin_only(self) -> TaskDataConfig:
+        if self.train_one_line_docstrings and not self.source.startswith("builtin:"):
+            raise ValueError(
+                "train_one_line_docstrings adds one-line docstrings to the train split of "
+                "builtin:pydocs-summary; a task file has no docstrings to read"
             )
         return self
 
