@@ -121,18 +121,10 @@ def compare(args) -> None:
                 max(M.rouge_l(c, r) for c in p["cands"]) for p, r in zip(pools, refs, strict=True)
             ]
         row = {n: {k: round(float(np.mean(v)), 4) for k, v in s.items()} for n, s in per.items()}
-        if len(files) == 2:
+        if len(files) == 2:  # an ensemble: one MBR over both models' candidates
             union = [_pick(a["cands"] + b["cands"]) for a, b in zip(*files, strict=True)]
-            half = [
-                _pick(a["cands"][: len(a["cands"]) // 2] + b["cands"][: len(b["cands"]) // 2])
-                for a, b in zip(*files, strict=True)
-            ]
-            row["ensemble: both pools"] = round(
-                float(np.mean([M.rouge_l(x, r) for x, r in zip(union, refs, strict=True)])), 4
-            )
-            row["ensemble: half of each pool"] = round(
-                float(np.mean([M.rouge_l(x, r) for x, r in zip(half, refs, strict=True)])), 4
-            )
+            scores = [M.rouge_l(x, r) for x, r in zip(union, refs, strict=True)]
+            row["ensemble: both pools"] = round(float(np.mean(scores)), 4)
             a, b = per[names[0]], per[names[1]]
             row["A - B"] = {k: M.paired_lower_bound(a[k], b[k], 1000, 1234, 0.95) for k in a if k != "oracle"}
         results[spec] = {"items": len(refs), **row}
