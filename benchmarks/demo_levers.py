@@ -145,21 +145,16 @@ LEVERS: dict[str, dict] = {
 
 
 def oneline_rows(groups: set[str], task_cfg) -> list[dict]:
-    """`tasks.task_data.one_line_example` of every function of `groups` whose whole docstring is
-    one line (the task keeps only docstrings with a body, so these are new items)."""
+    """The one-line docstrings of `groups`, as the task step collects them
+    (`tasks.task_data.module_examples` with a `one_line` list)."""
     from tasks import pydocs
-    from tasks.task_data import one_line_example
+    from tasks.task_data import module_examples
 
-    rows = []
+    one_line: list = []
     for res in pydocs.walk(False):
-        for mod in res.modules:
-            for obj in mod.objects if mod.name in groups else ():
-                ex = one_line_example(obj, mod.name, task_cfg) if obj.kind != "class" else None
-                if ex is not None:
-                    rows.append(
-                        {"id": ex.id, "prompt": ex.prompt, "response": ex.response, "group": ex.group}
-                    )
-    return rows
+        for _ in module_examples([m for m in res.modules if m.name in groups], task_cfg, [], one_line):
+            pass  # the examples with a body are the task's own; only the one-line list is kept
+    return [{"id": e.id, "prompt": e.prompt, "response": e.response, "group": e.group} for e in one_line]
 
 
 def sig_last(prompt: str) -> str:

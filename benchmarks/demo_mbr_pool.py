@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.mbr import choose  # noqa: E402
+
 
 def sample(args) -> None:
     import model.mbr as mbr
@@ -83,9 +85,10 @@ def _mbr_scores(cands: list[str]) -> list[float]:
 
 
 def _pick(cands: list[str], extra=None) -> str:
-    scores = _mbr_scores(cands)
-    if extra is not None:
-        scores = [s + extra(c) for s, c in zip(scores, cands, strict=True)]
+    """MBR's choice (`model.mbr.choose`, ROUGE-L); with `extra`, its mean utility plus extra(candidate)."""
+    if extra is None:
+        return choose(cands, lambda a, b: _pair(a, b)[0])
+    scores = [s + extra(c) for s, c in zip(_mbr_scores(cands), cands, strict=True)]
     return cands[max(range(len(cands)), key=lambda i: (scores[i], -i))]
 
 

@@ -189,18 +189,17 @@ def add_one_line_train(
     seen: set[str],
     rules: Rules,
     rejects: list[dict[str, Any]],
-    n_erased: int,
 ) -> tuple[int, int]:
     """Append to `kept` the one-line docstrings (`one_line_example`) of the modules in the TRAIN
     split: a module of the validation or test split gives nothing, so the held-out splits are
     the task's own. A repeated prompt is a `duplicate` reject; an erasure pattern's match is
-    counted, written nowhere. Returns (added, n_erased)."""
-    added = 0
+    counted, written nowhere. Returns (added, erased)."""
+    added = erased = 0
     for ex in one_line:
         if split_of.get(ex.group) != "train":
             continue
         if rules.patterns and (rules.matches_text(ex.prompt) or rules.matches_text(ex.response)):
-            n_erased += 1
+            erased += 1
             continue
         if ex.prompt in seen:
             rejects.append({"id": ex.id, "reason": "duplicate", "group": ex.group, "prompt": ex.prompt})
@@ -208,7 +207,7 @@ def add_one_line_train(
         seen.add(ex.prompt)
         kept.append(ex)
         added += 1
-    return added, n_erased
+    return added, erased
 
 
 # --------------------------------------------------------------------------- files
@@ -397,7 +396,8 @@ def task_data_step(ctx: StepContext) -> dict[str, Any]:
 
     split_of = assign_splits([e.group for e in kept], cfg.validation_fraction, cfg.test_fraction)
     n_limited, n_packages = len(kept), 0
-    n_one_line, n_erased = add_one_line_train(kept, one_line, split_of, seen, rules, rejects, n_erased)
+    n_one_line, erased = add_one_line_train(kept, one_line, split_of, seen, rules, rejects)
+    n_erased += erased
     if cfg.train_from_packages:
         held_out = [e for e in kept if split_of[e.group] != "train"]
         extra, erased = package_train_examples(cfg, held_out, seen, rules, rejects)
