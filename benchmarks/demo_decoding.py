@@ -10,7 +10,8 @@ next to the function-name baseline, with the gate's one-sided paired bootstrap (
 resamples). MBR candidates are the greedy answer plus N samples; the utility is ROUGE-L
 (model/mbr.py). Configurations without transformers' own keys (`num_beams`, ...) decode with
 `model.generate.generate`, as the evaluate step does: `{"mbr": 16, "temperature": 0.8,
-"copy_bias": 2}` is the demo's decoding. Appends to benchmarks/results/demo-decoding.json. Seconds depend on the load
+"copy_bias": 2}` is the demo's decoding; `"contrast": w` adds context-aware decoding against the
+empty prompt (`"null": "frame"`: against the signature and name lines without the body). Appends to benchmarks/results/demo-decoding.json. Seconds depend on the load
 (recorded).
 """
 
@@ -47,6 +48,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from demo_mbr_pool import null_prompt
 
     from model.generate import encode_prompt, generate, load, prompt_budget, stop_token_ids
     from model.mbr import choose
@@ -75,7 +77,8 @@ def main() -> None:
         t0, preds, bs = time.time(), [], 8
         mnt = c.get("max_new_tokens", 32)
         budget = prompt_budget(model, tok, mnt)
-        hf = {k: v for k, v in c.items() if k not in ("max_new_tokens", "mbr", "temperature", "copy_bias")}
+        ours = ("max_new_tokens", "mbr", "temperature", "copy_bias", "contrast", "null")
+        hf = {k: v for k, v in c.items() if k not in ours}
         if not hf:  # greedy, MBR and the copy bias: the code the evaluate step runs
             preds = generate(
                 model,
@@ -88,6 +91,10 @@ def main() -> None:
                 mbr_temperature=c.get("temperature", 0.8),
                 mbr_utility=M.rouge_l,
                 copy_bias=c.get("copy_bias", 0.0),
+                contrast=c.get("contrast", 0.0),
+                contrast_prompts=[render_prompt(null_prompt(r["prompt"], c["null"]), tok) for r in rows]
+                if c.get("null")
+                else None,
             )
         for i in range(0, len(rows), bs) if hf else ():
             enc = [encode_prompt(tok, render_prompt(fmt(r["prompt"])), budget)[0] for r in rows[i : i + bs]]

@@ -63,6 +63,52 @@ def sample(args) -> None:
     Path(args.out).write_text(json.dumps(out))
 
 
+def null_prompt(prompt: str, kind: str) -> str:
+    """The prompt without its evidence: `empty`, or `frame` (the signature line and the name-words
+    line of `signature_first_name_words`, the docstring body dropped)."""
+    if kind == "empty":
+        return ""
+    lines = prompt.split("\n")
+    return "\n".join([lines[0], lines[-1]]) if len(lines) > 2 else lines[0]
+
+
+def score(args) -> None:
+    """Add each candidate's log-likelihood under MODEL to a pool file: `lp` given the prompt,
+    `lp_<null>` given a null prompt (see `null_prompt`), `ntok` its answer tokens (end and eos
+    included), teacher-forced as the fine-tune encodes a pair (`model.sft_data.encode_pair`)."""
+    import torch
+
+    from model.generate import load
+    from model.sft_data import encode_pair, render_prompt
+
+    model, tok = load(args.model, "cpu")
+    pools = json.loads(Path(args.pool).read_text())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @torch.no_grad()
+    def logliks(pairs: list[tuple[str, str]]) -> tuple[list[float], list[int]]:
+        enc = [encode_pair(tok, render_prompt(p, tok), c, 256) for p, c in pairs]
+        width = max(len(ids) for ids, _, _ in enc)
+        ids = torch.full((len(enc), width), pad)
+        labels = torch.full((len(enc), width), -100)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for i, (x, y, _) in enumerate(enc):
+            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        tgt = labels[:, 1:]
+        lp = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
+        return lp.sum(-1).tolist(), (tgt != -100).sum(-1).tolist()
+
+    for k, pool in enumerate(pools):
+        cands = pool["cands"]
+        pool["lp"], pool["ntok"] = logliks([(pool["prompt"], c) for c in cands])
+        for kind in args.null:
+            pool[f"lp_{kind}"] = logliks([(null_prompt(pool["prompt"], kind), c) for c in cands])[0]
+        if k % 50 == 0:
+            print(f"{k}/{len(pools)}", flush=True)
+    Path(args.pool).write_text(json.dumps(pools))
+
+
 @lru_cache(maxsize=1)
 def _scorer():
     from rouge_score import rouge_scorer
@@ -95,7 +141,7 @@ def _pick(cands: list[str], extra=None) -> str:
 def rules(pool: dict) -> dict[str, str]:
     c, prompt = pool["cands"], pool["prompt"]
     n = (len(c) - 1) // 2
-    return {
+    out = {
         "greedy": c[0],
         "mbr16a": _pick(c[: n + 1]),
         "mbr16b": _pick([c[0], *c[n + 1 :]]),
@@ -103,6 +149,22 @@ def rules(pool: dict) -> dict[str, str]:
         "mbr16a+faith0.2": _pick(c[: n + 1], lambda x: 0.2 * (_pair(x, prompt)[1] if x.strip() else 0.0)),
         "mbr16a+len0.01": _pick(c[: n + 1], lambda x: 0.01 * len(x.split())),
     }
+    if "lp" in pool:  # likelihood rerankers (`score`): per-token log p, and PMI against null prompts
+        lp = dict(zip(c, pool["lp"], strict=True))
+        nt = dict(zip(c, pool["ntok"], strict=True))
+        out["lp/tok"] = max(c[: n + 1], key=lambda x: lp[x] / nt[x])
+        for kind in [k[3:] for k in pool if k.startswith("lp_")]:
+            lp0 = dict(zip(c, pool[f"lp_{kind}"], strict=True))
+            out[f"pmi_{kind}"] = max(c[: n + 1], key=lambda x: lp[x] - lp0[x])
+            for beta in (0.01, 0.02, 0.05, 0.1):
+                for sub, cands in (("16a", c[: n + 1]), ("16b", [c[0], *c[n + 1 :]])):
+                    out[f"mbr{sub}+pmi_{kind}/tok{beta}"] = _pick(
+                        cands, lambda x, b=beta, d=lp0: b * (lp[x] - d[x]) / nt[x]
+                    )
+                    out[f"mbr{sub}+pmi_{kind}{beta}"] = _pick(
+                        cands, lambda x, b=beta, d=lp0: b * (lp[x] - d[x])
+                    )
+    return out
 
 
 def compare(args) -> None:
@@ -146,11 +208,15 @@ def main() -> None:
     s.add_argument("out")
     s.add_argument("--split", default="test")
     s.add_argument("--samples", type=int, default=32)
+    sc = sub.add_parser("score")
+    sc.add_argument("model")
+    sc.add_argument("pool")
+    sc.add_argument("--null", nargs="+", default=["empty", "frame"])
     c = sub.add_parser("compare")
     c.add_argument("pools", nargs="+", help="a pool file, or A.json+B.json to pair two")
     c.add_argument("--out", default=None)
     args = ap.parse_args()
-    sample(args) if args.cmd == "sample" else compare(args)
+    {"sample": sample, "score": score, "compare": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":

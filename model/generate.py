@@ -70,6 +70,52 @@ class CopyBias:
         return scores + self._placed[1][:, : scores.shape[-1]]
 
 
+class NullContrast:
+    """A logits processor for context-aware decoding (Shi et al. 2023) / classifier-free guidance
+    for language models (Sanchez et al. 2023): the next-token log-probabilities given the prompt
+    are pushed away from those given a null prompt, `log p(y|x) + weight * (log p(y|x) - log
+    p(y|null))`, so answers the model would give without reading the prompt (a memorised phrase
+    about the wrong thing) lose to answers the prompt supports. The null branch runs the same model
+    on `null_ids` (one list per prompt, left-padded here) and the tokens generated so far, with its
+    own KV cache; sampling several sequences per prompt repeats each prompt's null row."""
+
+    def __init__(self, model, null_ids: list[list[int]], prompt_width: int, weight: float, pad_id: int):
+        width = max(len(ids) for ids in null_ids)
+        self.ids = torch.full((len(null_ids), width), pad_id, dtype=torch.long)
+        self.mask = torch.zeros((len(null_ids), width), dtype=torch.long)
+        for i, ids in enumerate(null_ids):
+            self.ids[i, width - len(ids) :] = torch.tensor(ids)
+            self.mask[i, width - len(ids) :] = 1
+        self.model, self.width, self.weight = model, prompt_width, weight
+        self.cache = None
+        self.seen = 0  # generated tokens already fed to the null branch
+
+    def _null_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        device = input_ids.device
+        new = input_ids[:, self.width :]
+        if self.cache is None:
+            rows = input_ids.shape[0]
+            reps = rows // self.ids.shape[0]
+            ids = torch.cat([self.ids.repeat_interleave(reps, 0).to(device), new], 1)
+            self.mask = torch.cat([self.mask.repeat_interleave(reps, 0).to(device), torch.ones_like(new)], 1)
+            self.cache = DynamicCache(config=self.model.config)
+        else:
+            ids = new[:, self.seen :]
+            self.mask = torch.cat([self.mask, torch.ones_like(ids)], 1)
+        self.seen = new.shape[1]
+        position = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        kw = {_cache_arg(self.model): self.cache}
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=position, use_cache=True, **kw)
+        return out.logits[:, -1].float().log_softmax(-1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cond = scores.float().log_softmax(-1)
+        null = self._null_logprobs(input_ids)[:, : cond.shape[-1]]
+        return (cond + self.weight * (cond - null)).to(scores.dtype)
+
+
 def _copy_exclusions(tokenizer) -> set[int]:
     """The ids a copy bias never boosts: special tokens and the single-token chat roles."""
     exclude = set(tokenizer.all_special_ids)
@@ -91,6 +137,17 @@ def _copy_processor(model, tokenizer, encoded: list[list[int]], bias: float, exc
     exclude.update(t for t in seen if not tokenizer.decode([t]).strip())  # newlines, indentation
     vocab = model.get_output_embeddings().weight.shape[0]
     return {"logits_processor": LogitsProcessorList([CopyBias(encoded, vocab, bias, exclude)])}
+
+
+def _with_contrast(kwargs: dict, model, null_ids, width: int, weight: float, pad_id: int) -> dict:
+    """`generate()` kwargs with a fresh `NullContrast` first in the logits processors (before any
+    copy bias, which then applies to the contrasted log-probabilities)."""
+    from transformers import LogitsProcessorList
+
+    rest = [p for p in kwargs.get("logits_processor", []) if not isinstance(p, NullContrast)]
+    return {
+        "logits_processor": LogitsProcessorList([NullContrast(model, null_ids, width, weight, pad_id), *rest])
+    }
 
 
 def _marker_id(tokenizer) -> int | None:
@@ -142,6 +199,8 @@ def generate(
     mbr_temperature: float = 0.8,
     mbr_utility=None,
     copy_bias: float = 0.0,
+    contrast: float = 0.0,
+    contrast_prompts: list[str] | None = None,
 ) -> list[str]:
     """Continue each prompt; returns only the new text. temperature 0 = greedy.
 
@@ -151,6 +210,8 @@ def generate(
     `mbr_samples` N > 0 (and temperature 0), each answer is chosen by minimum Bayes risk
     (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`. `copy_bias` > 0
     adds that much to the logits of the prompt's own tokens in every decoding (`CopyBias`).
+    `contrast` w > 0 is context-aware decoding (`NullContrast`) against the empty prompt, or
+    against `contrast_prompts` (rendered, one per prompt), applied before the copy bias.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -160,6 +221,9 @@ def generate(
     budget = prompt_budget(model, tokenizer, max_new_tokens)  # room for the answer
     outputs: list[str] = []
     no_copy = _copy_exclusions(tokenizer) if copy_bias else set()  # once, not per batch
+    from model.chat import format_prompt
+
+    null_prompt = format_prompt("", tokenizer=tokenizer)
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         encoded = [encode_prompt(tokenizer, p, budget)[0] for p in chunk]
@@ -170,6 +234,10 @@ def generate(
             input_ids[j, width - len(ids) :] = torch.tensor(ids)
             attention[j, width - len(ids) :] = 1
         copy = _copy_processor(model, tokenizer, encoded, copy_bias, no_copy)
+        if contrast:
+            nulls = contrast_prompts[i : i + batch_size] if contrast_prompts else [null_prompt] * len(chunk)
+            null_ids = [encode_prompt(tokenizer, p, budget)[0] for p in nulls]
+            copy = _with_contrast(copy, model, null_ids, width, contrast, pad_id)
         sampling = temperature > 0
         out = model.generate(
             input_ids=input_ids.to(device),
@@ -188,6 +256,8 @@ def generate(
         if mbr_samples > 0 and not sampling:
             from model.mbr import choose
 
+            if contrast:  # a fresh null branch for the samples
+                copy = _with_contrast(copy, model, null_ids, width, contrast, pad_id)
             drawn = model.generate(
                 **_repeated_prompts(model, input_ids.to(device), attention.to(device), mbr_samples),
                 max_new_tokens=max_new_tokens,
@@ -217,12 +287,9 @@ def _repeated_prompts(model, input_ids: torch.Tensor, attention: torch.Tensor, r
     added inside its `generate`) gets `num_return_sequences` instead."""
     if getattr(model, "peft_config", None) is not None or input_ids.shape[1] < 2:
         return {"input_ids": input_ids, "attention_mask": attention, "num_return_sequences": repeats}
-    import inspect
-
     from transformers import DynamicCache
 
-    # transformers 5.2x calls the argument `cache`; earlier releases `past_key_values`
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_arg(model)
     cache = DynamicCache(config=model.config)
     position = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 1)
     model(
@@ -238,6 +305,14 @@ def _repeated_prompts(model, input_ids: torch.Tensor, attention: torch.Tensor, r
         "attention_mask": attention.repeat_interleave(repeats, dim=0),
         name: cache,
     }
+
+
+def _cache_arg(model) -> str:
+    """The forward argument that takes a KV cache: transformers 5.2x calls it `cache`, earlier
+    releases `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _decode(tokenizer, rows: torch.Tensor, stop_ids: list[int], stop_text=None) -> list[str]:

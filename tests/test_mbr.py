@@ -67,3 +67,44 @@ def test_samples_from_the_shared_prompt_cache_are_transformers_own(tmp_path, mon
     )
     assert run(1) == shared
     assert seen[0] == seen[1] and len({a for a, _ in seen[0]}) > 3  # the same, varied candidates
+
+
+def test_null_contrast_matches_a_step_by_step_recomputation(tmp_path):
+    """Context-aware decoding with its own KV cache (`NullContrast`) picks, at every step, the
+    argmax of log p(.|prompt) + w (log p(.|prompt) - log p(.|null)) recomputed from scratch on the
+    whole sequences; with several samples per prompt it runs and picks among them."""
+    import torch
+
+    import model.generate as G
+    from model.chat import format_prompt
+
+    tok = tiny_tokenizer_dir(tmp_path / "tok")
+    model, tokenizer = G.load(tiny_model_dir(tmp_path / "m", tok), "cpu")
+    raw = ["def f(x): return the sum of the items of x", "read", "open the file and read its lines"]
+    prompts = [format_prompt(p) for p in raw]
+    nulls = [format_prompt(p.split(":")[0]) for p in raw]  # left-padded null prompts of other lengths
+    budget, stop = G.prompt_budget(model, tokenizer, 8), G.stop_token_ids(tokenizer)
+    for w, null_prompts in ((1.0, None), (0.5, nulls)):
+        got = G.generate(
+            model, tokenizer, prompts, max_new_tokens=8, contrast=w, contrast_prompts=null_prompts
+        )
+        want = []
+        for k, p in enumerate(prompts):
+            ids = G.encode_prompt(tokenizer, p, budget)[0]
+            nid = G.encode_prompt(tokenizer, (null_prompts or [format_prompt("")] * 3)[k], budget)[0]
+            gen: list[int] = []
+            for _ in range(8):
+                with torch.no_grad():
+                    c = model(torch.tensor([ids + gen])).logits[0, -1].log_softmax(-1)
+                    n = model(torch.tensor([nid + gen])).logits[0, -1].log_softmax(-1)
+                t = int((c + w * (c - n)).argmax())
+                if t in stop:
+                    break
+                gen.append(t)
+            want.append(tokenizer.decode(gen, skip_special_tokens=True))
+        assert got == want
+    assert got != G.generate(model, tokenizer, prompts, max_new_tokens=8)  # the contrast changes answers
+    picks = G.generate(
+        model, tokenizer, prompts, max_new_tokens=8, contrast=1.0, mbr_samples=3, seed=1, copy_bias=2.0
+    )
+    assert len(picks) == 3
