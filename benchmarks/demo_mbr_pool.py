@@ -1,6 +1,7 @@
 """Minimum Bayes risk decoding's candidate pool, sampled once and re-scored offline.
 
     python benchmarks/demo_mbr_pool.py sample MODEL TASK_DIR OUT.json [--split test] [--samples 32]
+    python benchmarks/demo_mbr_pool.py score MODEL POOL.json [--null empty frame]
     python benchmarks/demo_mbr_pool.py compare A.json [B.json ...] [--out results.json]
 
 `sample` decodes every item of TASK_DIR's split as the evaluate step does (`model.generate.generate`:
@@ -10,7 +11,9 @@ the greedy answer and the first 16 samples (`mbr16a`), the greedy answer and the
 (`mbr16b`: the same decoding on other draws, i.e. the sampling noise of one MBR-16 run), all 32
 (`mbr32`), the best candidate (an oracle, the pool's headroom), and two rerankers (MBR score plus
 a weight times the candidate's ROUGE-1 precision against the prompt, or times its length in
-words). With two files of the same items (`A.json+B.json`) it also scores their union (an MBR
+words); after `score` (each candidate's log-likelihood given the prompt and given null prompts),
+likelihood rerankers too: the most likely candidate per token, the highest pointwise mutual
+information with the prompt, and MBR plus a weight times that PMI. With two files of the same items (`A.json+B.json`) it also scores their union (an MBR
 ensemble of two fine-tunes) and pairs A against B per selection rule (one-sided paired bootstrap,
 95%, 1,000 resamples). Use a `demo_levers.py --cv-fold` evaluation task (its test split is the
 held-out fold): the levers never look at the task's test split.
