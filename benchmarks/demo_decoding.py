@@ -11,8 +11,8 @@ resamples). MBR candidates are the greedy answer plus N samples; the utility is 
 (model/mbr.py). Configurations without transformers' own keys (`num_beams`, ...) decode with
 `model.generate.generate`, as the evaluate step does: `{"mbr": 16, "temperature": 0.8,
 "copy_bias": 2}` is the demo's decoding; `"contrast": w` adds context-aware decoding against the
-empty prompt (`"null": "frame"`: against the signature and name lines without the body). Appends to benchmarks/results/demo-decoding.json. Seconds depend on the load
-(recorded).
+empty prompt (`"null": "frame"`: against the signature and name lines without the body). Appends
+to benchmarks/results/demo-decoding.json. Seconds depend on the load (recorded).
 """
 
 from __future__ import annotations

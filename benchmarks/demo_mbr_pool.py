@@ -13,9 +13,9 @@ the greedy answer and the first 16 samples (`mbr16a`), the greedy answer and the
 a weight times the candidate's ROUGE-1 precision against the prompt, or times its length in
 words); after `score` (each candidate's log-likelihood given the prompt and given null prompts),
 likelihood rerankers too: the most likely candidate per token, the highest pointwise mutual
-information with the prompt, and MBR plus a weight times that PMI. With two files of the same items (`A.json+B.json`) it also scores their union (an MBR
-ensemble of two fine-tunes) and pairs A against B per selection rule (one-sided paired bootstrap,
-95%, 1,000 resamples). Use a `demo_levers.py --cv-fold` evaluation task (its test split is the
+information with the prompt, and MBR plus a weight times that PMI. With two files of the same
+items (`A.json+B.json`) it also scores their union (an MBR ensemble of two fine-tunes) and pairs A
+against B per selection rule (one-sided paired bootstrap, 95%, 1,000 resamples). Use a `demo_levers.py --cv-fold` evaluation task (its test split is the
 held-out fold): the levers never look at the task's test split.
 """
 
