@@ -34,6 +34,40 @@ def test_pairwise_rouge_l_equals_the_corpus_scorer():
         assert M.rouge_l(pred, ref) == M.rouge([pred], [ref])[0]["rougeL"]
 
 
+def test_bit_parallel_rouge_l_equals_rouge_score_on_random_pairs():
+    """`rouge_l` (cached tokens, bit-parallel LCS: MBR's utility) against rouge-score's own LCS
+    table, bit for bit, on random texts with repeats, stems, non-ASCII words and empty sides."""
+    import random
+
+    rng = random.Random(7)
+    words = [
+        "Return",
+        "returns",
+        "the",
+        "a",
+        "sum",
+        "of",
+        "items",
+        "x",
+        "é",
+        "naïve",
+        "—",
+        "files",
+        "file",
+        "reading",
+        "read",
+        "0",
+        "1",
+        "data",
+    ]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=M.UnicodeTokenizer())
+    for _ in range(3000):
+        ref = " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
+        pred = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        assert M.rouge_l(pred, ref) == scorer.score(ref, pred)["rougeL"].fmeasure
+    assert M.lcs_length("abcbdab", "bdcaba") == 4 and M.lcs_length("", "abc") == 0  # CLRS's example
+
+
 def test_unicode_tokenizer_equals_default_on_ascii():
     default = rouge_scorer.RougeScorer(list(M.ROUGE_TYPES), use_stemmer=True)
     pairs = [
