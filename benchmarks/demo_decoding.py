@@ -141,9 +141,10 @@ def main() -> None:
             "examples": [
                 {"prediction": p, "reference": ref} for p, ref in list(zip(preds, refs, strict=True))[:3]
             ],
+            "item_rougeL": [round(x, 6) for x in s],  # per item, for paired comparisons across runs
         }
         results.append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != "examples"}), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("examples", "item_rougeL")}), flush=True)
     out = Path(args.out)
     prev = json.loads(out.read_text()) if out.exists() else []
     out.write_text(json.dumps(prev + results, indent=2))
