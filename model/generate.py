@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model.chat import ROLE_TOKENS, end_marker, fit_prompt
+from model.chat import ROLE_TOKENS, end_marker, fit_prompt, format_prompt
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -221,9 +221,7 @@ def generate(
     budget = prompt_budget(model, tokenizer, max_new_tokens)  # room for the answer
     outputs: list[str] = []
     no_copy = _copy_exclusions(tokenizer) if copy_bias else set()  # once, not per batch
-    from model.chat import format_prompt
-
-    null_prompt = format_prompt("", tokenizer=tokenizer)
+    null_prompt = format_prompt("", tokenizer=tokenizer) if contrast else ""
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         encoded = [encode_prompt(tokenizer, p, budget)[0] for p in chunk]

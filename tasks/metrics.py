@@ -73,14 +73,14 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> list[dict[st
 
 
 @functools.lru_cache(maxsize=1)
-def _rouge_l_scorer():
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=UnicodeTokenizer())
+def _tokenizer() -> UnicodeTokenizer:
+    return UnicodeTokenizer(use_stemmer=True)
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _rouge_tokens(text: str) -> tuple[str, ...]:
-    """rouge-score's tokens of `text` (UnicodeTokenizer, stemming on), once per distinct text."""
-    return tuple(_rouge_l_scorer()._tokenizer.tokenize(text))
+    """The tokens `rouge` scores `text` by (UnicodeTokenizer, stemming on), once per distinct text."""
+    return tuple(_tokenizer().tokenize(text))
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
