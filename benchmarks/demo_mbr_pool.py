@@ -15,8 +15,9 @@ words); after `score` (each candidate's log-likelihood given the prompt and give
 likelihood rerankers too: the most likely candidate per token, the highest pointwise mutual
 information with the prompt, and MBR plus a weight times that PMI. With two files of the same
 items (`A.json+B.json`) it also scores their union (an MBR ensemble of two fine-tunes) and pairs A
-against B per selection rule (one-sided paired bootstrap, 95%, 1,000 resamples). Use a `demo_levers.py --cv-fold` evaluation task (its test split is the
-held-out fold): the levers never look at the task's test split.
+against B per selection rule (one-sided paired bootstrap, 95%, 1,000 resamples). Use a
+`demo_levers.py --cv-fold` evaluation task (its test split is the held-out fold): the levers never
+look at the task's test split.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.mbr import choose  # noqa: E402
+from model.mbr import choose, rouge_l  # noqa: E402
 
 
 def sample(args) -> None:
@@ -116,19 +117,18 @@ def score(args) -> None:
 def _scorer():
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL", "rouge1"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
 
 
 @cache
-def _pair(a: str, b: str) -> tuple[float, float]:
-    """(ROUGE-L F of a against b, ROUGE-1 precision of a against b), stemming on."""
-    s = _scorer().score(b, a)  # rouge-score's order: (target, prediction)
-    return s["rougeL"].fmeasure, s["rouge1"].precision
+def _precision1(a: str, b: str) -> float:
+    """ROUGE-1 precision of a against b, stemming on."""
+    return _scorer().score(b, a)["rouge1"].precision  # rouge-score's order: (target, prediction)
 
 
 def _mbr_scores(cands: list[str]) -> list[float]:
     return [
-        sum(1.0 if a == b else _pair(a, b)[0] for j, b in enumerate(cands) if j != i) / max(1, len(cands) - 1)
+        sum(1.0 if a == b else rouge_l(a, b) for j, b in enumerate(cands) if j != i) / max(1, len(cands) - 1)
         for i, a in enumerate(cands)
     ]
 
@@ -136,7 +136,7 @@ def _mbr_scores(cands: list[str]) -> list[float]:
 def _pick(cands: list[str], extra=None) -> str:
     """MBR's choice (`model.mbr.choose`, ROUGE-L); with `extra`, its mean utility plus extra(candidate)."""
     if extra is None:
-        return choose(cands, lambda a, b: _pair(a, b)[0])
+        return choose(cands)
     scores = [s + extra(c) for s, c in zip(_mbr_scores(cands), cands, strict=True)]
     return cands[max(range(len(cands)), key=lambda i: (scores[i], -i))]
 
@@ -149,7 +149,7 @@ def rules(pool: dict) -> dict[str, str]:
         "mbr16a": _pick(c[: n + 1]),
         "mbr16b": _pick([c[0], *c[n + 1 :]]),
         "mbr32": _pick(c),
-        "mbr16a+faith0.2": _pick(c[: n + 1], lambda x: 0.2 * (_pair(x, prompt)[1] if x.strip() else 0.0)),
+        "mbr16a+faith0.2": _pick(c[: n + 1], lambda x: 0.2 * (_precision1(x, prompt) if x.strip() else 0.0)),
         "mbr16a+len0.01": _pick(c[: n + 1], lambda x: 0.01 * len(x.split())),
     }
     if "lp" in pool:  # likelihood rerankers (`score`): per-token log p, and PMI against null prompts

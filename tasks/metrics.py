@@ -29,6 +29,8 @@ import sacrebleu
 from nltk.stem import porter
 from rouge_score import rouge_scorer, tokenizers
 
+from model.mbr import rouge_l_tokens
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Per-sample scores whose mean is the corpus score (paired tests use these).
 MEAN_METRICS = (*ROUGE_TYPES, "exact_match", "f1")
@@ -83,33 +85,11 @@ def _rouge_tokens(text: str) -> tuple[str, ...]:
     return tuple(_tokenizer().tokenize(text))
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token sequences, bit-parallel (Allison &
-    Dix 1986, in Hyyro's 2004 form): one pass over `b` with a few integer operations per token on
-    bit vectors the length of `a`, instead of rouge-score's len(a) x len(b) table in Python."""
-    if len(a) < len(b):
-        a, b = b, a
-    masks: dict[str, int] = {}
-    for i, token in enumerate(a):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for token in b:
-        u = v & masks.get(token, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - v.bit_count()
-
-
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F of one pair, exactly as `rouge` scores it (tested equal to rouge-score), fast
     enough to be the utility of MBR decoding, which compares every pair of candidates: each text
-    is tokenized and stemmed once (cached), and the LCS is bit-parallel (`lcs_length`)."""
-    p, r = _rouge_tokens(prediction), _rouge_tokens(reference)
-    if not p or not r:
-        return 0.0
-    lcs = lcs_length(r, p)
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    is tokenized and stemmed once (cached), and the LCS is bit-parallel (`model.mbr.lcs_length`)."""
+    return rouge_l_tokens(_rouge_tokens(prediction), _rouge_tokens(reference))
 
 
 # --------------------------------------------------------------------------- SQuAD EM / F1

@@ -21,6 +21,21 @@ def test_choose_returns_the_consensus_answer():
     assert mbr.choose(["p", "q", "q"], utility=lambda a, b: 1.0 if a == b else 0.0) == "q"
 
 
+def test_default_utility_equals_rouge_score():
+    """MBR's default utility (cached tokens, bit-parallel LCS) is rouge-score's ROUGE-L F, bit for bit."""
+    import random
+
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rng = random.Random(3)
+    words = ["Return", "returns", "the", "sum", "of", "items", "files", "file", "read", "reading", "0", "x"]
+    for _ in range(2000):
+        a = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
+        b = " ".join(rng.choice(words) for _ in range(rng.randint(0, 10)))
+        assert mbr.rouge_l(a, b) == scorer.score(a, b)["rougeL"].fmeasure == mbr.rouge_l(b, a)
+
+
 def test_generate_with_mbr_is_seeded_and_picks_a_candidate(tmp_path):
     from model.generate import generate, load
 
