@@ -70,6 +70,8 @@ def sample(args) -> None:
 def null_prompt(prompt: str, kind: str) -> str:
     """The prompt without its evidence: `empty`, or `frame` (the signature line and the name-words
     line of `signature_first_name_words`, the docstring body dropped)."""
+    if kind not in ("empty", "frame"):
+        raise ValueError(f"null prompt {kind!r}: expected 'empty' or 'frame'")
     if kind == "empty":
         return ""
     lines = prompt.split("\n")
@@ -214,7 +216,7 @@ def main() -> None:
     sc = sub.add_parser("score")
     sc.add_argument("model")
     sc.add_argument("pool")
-    sc.add_argument("--null", nargs="+", default=["empty", "frame"])
+    sc.add_argument("--null", nargs="+", default=["empty", "frame"], choices=["empty", "frame"])
     c = sub.add_parser("compare")
     c.add_argument("pools", nargs="+", help="a pool file, or A.json+B.json to pair two")
     c.add_argument("--out", default=None)
