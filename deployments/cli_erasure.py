@@ -129,8 +129,9 @@ def _record(kind: str, values: list[str], reason: str, home: str) -> None:
     )
 
 
-def _prefect_record_remover():
-    """Deletes Prefect's cache record of a deleted artifact (the local result storage)."""
+def _prefect_record_remover(root: str):
+    """Deletes Prefect's cache record of a deleted artifact of the store at `root` (the local result
+    storage), and the record an earlier llmflow wrote without the store in its name."""
     try:
         from prefect.settings import get_current_settings
 
@@ -138,10 +139,13 @@ def _prefect_record_remover():
     except Exception:  # no Prefect settings: no records to remove
         return None
 
+    from tasks.common import prefect_cache_key
+
     def remove(step: str, key: str) -> None:
-        path = os.path.join(os.path.expanduser(str(storage)), f"llmflow-{step}-{key}")
-        if os.path.exists(path):
-            os.remove(path)
+        for name in (prefect_cache_key(root, step, key), f"llmflow-{step}-{key}"):
+            path = os.path.join(os.path.expanduser(str(storage)), name)
+            if os.path.exists(path):
+                os.remove(path)
 
     return remove
 
@@ -217,7 +221,7 @@ def gc(
     report = purge(
         store,
         dry_run=dry_run,
-        on_artifact=None if dry_run else _prefect_record_remover(),
+        on_artifact=None if dry_run else _prefect_record_remover(store.root),
         elsewhere=prefect_artifacts,
     )
     if as_json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -64,7 +65,7 @@ class StoreKeyPolicy(CachePolicy):
         )
         if not store.exists(self.step, key):
             return None
-        return _cache_key(self.step, key)
+        return prefect_cache_key(store.root, self.step, key)
 
 
 def _artifact_key(*parts: str) -> str:
@@ -131,11 +132,15 @@ def emit_step_events(events: list[tuple[str, str, dict[str, Any]]]) -> None:
         emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
 
 
-def _cache_key(step: str, key: str) -> str:
-    return f"llmflow-{step}-{key}"
+def prefect_cache_key(root: str, step: str, key: str) -> str:
+    """Prefect's result records live outside the artifact store (PREFECT_LOCAL_STORAGE_PATH, shared
+    by every LLMFLOW_HOME), so the key names the store too: a record written under one home must
+    not answer a run under another, whose artifact of the same key was built separately."""
+    home = hashlib.sha256(root.encode()).hexdigest()[:12]
+    return f"llmflow-{home}-{step}-{key}"
 
 
-def _remember(task_obj: Any, ref: StepRef) -> None:
+def _remember(task_obj: Any, ref: StepRef, root: str) -> None:
     """Record a freshly built artifact under its cache key, so the next run is a Prefect cache hit.
 
     The policy offers no key while the artifact is missing (a deleted artifact must not be served
@@ -146,7 +151,8 @@ def _remember(task_obj: Any, ref: StepRef) -> None:
 
         store = get_result_store().update_for_task(task_obj, _sync=True)
         store.write(
-            ref.model_copy(update={"status": "cached", "seconds": 0.0}), key=_cache_key(ref.step, ref.key)
+            ref.model_copy(update={"status": "cached", "seconds": 0.0}),
+            key=prefect_cache_key(root, ref.step, ref.key),
         )
     except Exception as e:  # the store already has the artifact; the record only saves a task run
         get_run_logger().debug("could not record the cache entry for %s: %s", ref.step, e)
@@ -209,13 +215,14 @@ def step_task(
         dashboard: DashboardConfig | None = None,
     ) -> StepRef:
         reporter = _PrefectReporter(name)
+        store = ArtifactStore(home)
         ref = run_step(
             name,
             version,
             _resuming(fn) if force and _retrying() else fn,
             config,
             inputs,
-            store=ArtifactStore(home),
+            store=store,
             force=force,
             extra=extra,
             on_progress=reporter.progress,
@@ -225,7 +232,7 @@ def step_task(
         )
         reporter.logger.info("%s %s: %s", name, ref.status, ref.uri)
         if ref.status == "ran":
-            _remember(_run, ref)
+            _remember(_run, ref, store.root)
         if events is not None and ref.status == "ran":
             emit_step_events(events(ref))
         return ref

@@ -82,6 +82,10 @@ def test_a_forgotten_source_leaves_no_trace_and_the_new_champion_is_clean(tmp_pa
         s for s, _ in before.artifacts
     }
     assert before.versions == {"smoke": [1]}
+    # Prefect recorded the built artifacts in its result storage (named by store, step and key).
+    storage = Path(os.environ["PREFECT_HOME"]) / "storage"
+    recorded = [k for _, k in before.artifacts if any(storage.glob(f"llmflow-*-{k}"))]
+    assert len(recorded) >= 7, sorted(p.name for p in storage.glob("llmflow-*"))
     assert _files_with(home, CANARY.encode())
     # What the service kept of an answer of the erased model (it could repeat the data).
     fb = FeedbackStore(home=str(home))
@@ -117,7 +121,6 @@ def test_a_forgotten_source_leaves_no_trace_and_the_new_champion_is_clean(tmp_pa
         assert not os.path.exists(store.path("work", step, key)), (step, key)
     assert find_affected(store, canary_rules).artifacts == set()
     # Prefect's cache records of the deleted artifacts are gone too.
-    storage = Path(os.environ["PREFECT_HOME"]) / "storage"
     assert not [k for _, k in before.artifacts if any(storage.glob(f"llmflow-*-{k}"))]
     # The new champion's lineage excludes the source; the erased version serves nothing.
     champion = reg.champion()

@@ -125,3 +125,25 @@ def test_a_prefect_cache_hit_whose_files_changed_is_rebuilt(tmp_path, caplog):
     assert len(CALLS) == 2 and counts.read_text() == "702"
     assert any("counts.txt" in r.getMessage() for r in caplog.records)
     assert one_step_state(cfg, home) == "Cached"
+
+
+@flow
+def one_step_ref(config: TokenizerConfig, home: str):
+    state = count_words(config, {}, home=home, return_state=True)
+    return state.name, state.result()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_cache_record_answers_only_its_own_store(tmp_path):
+    """Prefect's records are shared by every home: the same step and config built in two homes are
+    two artifacts, and each home's cache hit returns its own (uri and stats), not the last one built."""
+    homes = [str(tmp_path / "a"), str(tmp_path / "b")]
+    cfg = TokenizerConfig(vocab_size=79)
+    CALLS.clear()
+    built = [one_step_ref(cfg, home) for home in homes]
+    assert [name for name, _ in built] == ["Completed", "Completed"] and len(CALLS) == 2
+    for home, (_, ref) in zip(homes, built, strict=True):
+        name, again = one_step_ref(cfg, home)
+        assert name == "Cached" and again.key == ref.key
+        assert again.uri == ref.uri and again.uri.startswith(ArtifactStore(home).root)
+    assert len(CALLS) == 2
