@@ -141,7 +141,38 @@ LEVERS: dict[str, dict] = {
     "full-600-lr2e-3-plw0.3-oneline": {
         "method": "full", "lr": 2e-3, "max_steps": 600, "prompt_loss_weight": 0.3, "oneline": True,
     },
+    # retrieval: the summary of the most similar train item of another module on a line before
+    # the name words (TF-IDF over the prompts; a test item's module is never in train)
+    "full-400-lr2e-3-plw0.3-neighbor": {
+        "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "neighbor": "summary",
+    },
+    "full-400-lr2e-3-plw0.3-neighbor-named": {
+        "method": "full", "lr": 2e-3, "max_steps": 400, "prompt_loss_weight": 0.3, "neighbor": "named",
+    },
 }  # fmt: skip
+
+
+def neighbor_rows(train: list[dict], rows: list[dict], style: str) -> list[dict]:
+    """`rows` with the summary of each prompt's most similar `train` item of another group (TF-IDF
+    cosine over the prompts' words) on a line before the prompt's last line (the name words)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"[A-Za-z]+").fit([r["prompt"] for r in train])
+    sims = (
+        vec.transform([r["prompt"] for r in rows]) @ vec.transform([r["prompt"] for r in train]).T
+    ).toarray()
+    groups = np.array([r["group"] for r in train])
+    out = []
+    for i, r in enumerate(rows):
+        sims[i, groups == r["group"]] = -1.0
+        nb = train[int(sims[i].argmax())]
+        head, _, last = r["prompt"].rpartition("\n")
+        hint = nb["response"]
+        if style == "named":
+            hint = f"{nb['prompt'].rpartition(chr(10))[2]}: {hint}"
+        out.append({**r, "prompt": f"{head}\nsee also: {hint}\n{last}"})
+    return out
 
 
 def oneline_rows(groups: set[str], task_cfg) -> list[dict]:
@@ -342,6 +373,20 @@ def main() -> None:
         print(f"oneline: {len(extra)} one-line docstrings added to {len(train)} train items", flush=True)
         return store.ref("task_data", key)
 
+    def with_neighbors(t, style: str):
+        """`t` with every prompt given its nearest train item of another module (`neighbor_rows`)."""
+        d = store.local_path(t)
+        split_rows = {
+            s: [json.loads(x) for x in (d / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "validation", "test")
+        }
+        key = f"neighbor-{style}-{t.key[:40]}"
+        with store.write("task_data", key, {"stats": t.stats}) as out:
+            for s, rows in split_rows.items():
+                rows = neighbor_rows(split_rows["train"], rows, style)
+                (out / f"{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return store.ref("task_data", key)
+
     # the trivial baselines, always on the original prompts
     from tasks import baselines as B
 
@@ -349,10 +394,16 @@ def main() -> None:
     val_rows = [json.loads(x) for x in (task_dir / f"{eval_split}.jsonl").read_text().splitlines()]
     train_resp = [json.loads(x)["response"] for x in (task_dir / "train.jsonl").read_text().splitlines()]
     base_answers = B.baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in val_rows], train_resp)
+    train_rows = [json.loads(x) for x in (task_dir / "train.jsonl").read_text().splitlines()]
+    base_answers["nearest_train"] = [
+        r["prompt"].split("\n")[-2].removeprefix("see also: ")
+        for r in neighbor_rows(train_rows, val_rows, "summary")
+    ]
     base_scores = {
         b: [x["rougeL"] for x in M.rouge(a, [r["response"] for r in val_rows])]
         for b, a in base_answers.items()
     }
+    print({b: round(float(np.mean(v)), 4) for b, v in base_scores.items()}, flush=True)
 
     results = {}
     for name in args.levers.split(","):
@@ -363,6 +414,8 @@ def main() -> None:
             ft_task = more_train(over.pop("task"))
         if over.pop("oneline", False):
             ft_task = with_oneline(ft_task)
+        if style := over.pop("neighbor", None):
+            ft_task, ev_task = with_neighbors(ft_task, style), with_neighbors(ev_task, style)
         if name == "lora-demo":
             over = {"max_steps": args.demo_finetune_steps, "max_seconds": None}
         ft_cfg = cfg.finetune.model_copy(update={"max_seconds": None, **over})
