@@ -154,7 +154,8 @@ LEVERS: dict[str, dict] = {
 
 def neighbor_rows(train: list[dict], rows: list[dict], style: str) -> list[dict]:
     """`rows` with the summary of each prompt's most similar `train` item of another group (TF-IDF
-    cosine over the prompts' words) on a line before the prompt's last line (the name words)."""
+    cosine over the prompts' words) on a line before the prompt's last line (the name words).
+    Needs scikit-learn, which the dev extra's full mlflow installs."""
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
