@@ -112,7 +112,13 @@ def print_references(evaluate: dict[str, Any], gate: dict[str, Any]) -> None:
             if isinstance(r.get("diff"), int | float) and isinstance(r.get("lower"), int | float)
             else ""
         )
-        verdict = "" if not r else "[green]beats[/]" if r.get("passed") else "[red]does not beat[/]"
+        verdict = (
+            ("not gated" if refs else "")
+            if not r
+            else "[green]beats[/]"
+            if r.get("passed")
+            else "[red]does not beat[/]"
+        )
         label = "before fine-tuning" if b == "base" else f"baseline: {b}"
         table.add_row(label, *cells(baselines[b]), gain, verdict)
     console.print(table)

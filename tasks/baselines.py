@@ -13,12 +13,21 @@ in the built-in task) also gets:
 
 - `name_words`: the function's name split into words, `read_file` -> "Read file.",
   `json.JSONDecoder.raw_decode` -> "Raw decode.".
+
+On request (`evaluate.retrieval_baseline`), a retrieval answer that needs no model either:
+
+- `nearest_train`: the response of the train item whose prompt is most similar (TF-IDF cosine
+  over the prompts' words, sublinear term frequency and smoothed idf as in scikit-learn's
+  `TfidfVectorizer(sublinear_tf=True)`); a prompt sharing no word with any train prompt gets the
+  `constant` answer. On the built-in task it ties the demo's champion (benchmarks/RESULTS.md,
+  demo levers, tenth round).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 BUILTIN = "builtin:pydocs-summary"
@@ -27,6 +36,7 @@ BUILTIN_CONSTANT = "Return the result."
 _SIGNATURE = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([\w.]+)\s*[(:]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_WORD = re.compile(r"[a-z]+")
 
 
 def constant_answer(source: str, train_responses: Iterable[str]) -> str:
@@ -93,11 +103,53 @@ def first_sentence(prompt: str) -> str:
     return _SENTENCE_END.split(text, 1)[0] if text else ""
 
 
-def baseline_answers(source: str, prompts: list[str], train_responses: Iterable[str]) -> dict[str, list[str]]:
-    """{baseline name: one answer per prompt} for the baselines that apply to this task."""
+def _tfidf(counts: Counter[str], idf: dict[str, float]) -> dict[str, float]:
+    """L2-normalised TF-IDF weights (sublinear tf) of the words in `idf`'s vocabulary."""
+    w = {t: (1.0 + math.log(c)) * idf[t] for t, c in counts.items() if t in idf}
+    norm = math.sqrt(sum(v * v for v in w.values()))
+    return {t: v / norm for t, v in w.items()} if norm else {}
+
+
+def nearest_train(
+    prompts: list[str], train_prompts: list[str], train_responses: list[str], fallback: str
+) -> list[str]:
+    """Per prompt, the response of the most TF-IDF-similar train prompt (the first on a tie);
+    `fallback` for a prompt that shares no word with any train prompt."""
+    docs = [Counter(_WORD.findall(p.lower())) for p in train_prompts]
+    df = Counter(t for d in docs for t in d)
+    n = len(docs)
+    idf = {t: math.log((1 + n) / (1 + k)) + 1.0 for t, k in df.items()}
+    index: defaultdict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, d in enumerate(docs):
+        for t, v in _tfidf(d, idf).items():
+            index[t].append((i, v))
+    out = []
+    for p in prompts:
+        scores: defaultdict[int, float] = defaultdict(float)
+        for t, q in _tfidf(Counter(_WORD.findall(p.lower())), idf).items():
+            for i, v in index[t]:
+                scores[i] += q * v
+        best = max(scores.items(), key=lambda kv: (kv[1], -kv[0]), default=None)
+        out.append(train_responses[best[0]] if best and best[1] > 0 else fallback)
+    return out
+
+
+def baseline_answers(
+    source: str,
+    prompts: list[str],
+    train_responses: Iterable[str],
+    train_prompts: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """{baseline name: one answer per prompt} for the baselines that apply to this task; with
+    `train_prompts` (the prompts of `train_responses`, in order) also `nearest_train`."""
+    train_responses = list(train_responses)
     const = constant_answer(source, train_responses)
     out = {"constant": [const] * len(prompts), "first_sentence": [first_sentence(p) for p in prompts]}
     names = [name_words(p) for p in prompts]
     if all(n is not None for n in names):
         out["name_words"] = names  # type: ignore[assignment]
+    if train_prompts:
+        if len(train_prompts) != len(train_responses):
+            raise ValueError("train_prompts and train_responses must pair up")
+        out["nearest_train"] = nearest_train(prompts, train_prompts, train_responses, const)
     return out

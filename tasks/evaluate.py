@@ -140,7 +140,9 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     # Reference points on the same items: the model before fine-tuning and trivial baselines.
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
-        baselines = _baselines(ctx, rows, refs, generate, gen, cfg.seed, tokenizer.truncation_side)
+        baselines = _baselines(
+            ctx, rows, refs, generate, gen, cfg.seed, tokenizer.truncation_side, cfg.retrieval_baseline
+        )
         timer("baselines")
 
     # Language-model quality on the pretraining validation split.
@@ -273,10 +275,11 @@ def _bpb(model, ctx: StepContext, cfg) -> dict[str, float]:
 
 
 def _baselines(
-    ctx: StepContext, rows, refs, generate, gen, seed, candidate_side: str
+    ctx: StepContext, rows, refs, generate, gen, seed, candidate_side: str, retrieval: bool = False
 ) -> dict[str, dict[str, Any]]:
     """{name: {predictions, per_sample, metrics}} of the model before fine-tuning (`base`, when
-    the step has that input) and of the task's trivial baselines (tasks/baselines.py)."""
+    the step has that input) and of the task's trivial baselines (tasks/baselines.py); with
+    `retrieval`, also the nearest train item's response (`nearest_train`)."""
     from model.adapters import load_finetuned
     from model.sft_data import render_prompt
 
@@ -294,16 +297,14 @@ def _baselines(
             )
         del base
     train = ctx.input_path("task") / "train.jsonl"
-    train_responses = (
-        [
-            json.loads(line).get("response", "")
-            for line in train.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+    train_rows = (
+        [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines() if line.strip()]
         if train.exists()
         else []
     )
-    answers.update(B.baseline_answers(_task_source(ctx), prompts, train_responses))
+    train_responses = [r.get("response", "") for r in train_rows]
+    train_prompts = [r.get("prompt", "") for r in train_rows] if retrieval else None
+    answers.update(B.baseline_answers(_task_source(ctx), prompts, train_responses, train_prompts))
     out = {}
     for b, preds in answers.items():
         metrics, _, per_sample, _ = M.score_all(preds, refs, n_boot=0, seed=seed)

@@ -38,7 +38,7 @@ def _artifact(store, step, key, fill=None, stats=None):
     return store.ref(step, key, status="ran")
 
 
-def _inputs(store, tok_dir, rows, model_key="ft1", with_tokenizer=True):
+def _inputs(store, tok_dir, rows, model_key="ft1", with_tokenizer=True, train=None):
     def model(out):
         tiny_model_dir(out / "model", tok_dir)
         if not with_tokenizer:
@@ -65,8 +65,10 @@ def _inputs(store, tok_dir, rows, model_key="ft1", with_tokenizer=True):
     def task(out):
         if rows is not None:
             (out / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            train = [{"prompt": "p", "response": r} for r in ("Open a file.", "Sort items.", "Open a file.")]
-            (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+            rows_train = train or [
+                {"prompt": "p", "response": r} for r in ("Open a file.", "Sort items.", "Open a file.")
+            ]
+            (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_train))
 
     def base(out):
         tiny_model_dir(out / "model", tok_dir, seed=7)
@@ -252,3 +254,28 @@ def test_mbr_decoding_is_recorded_and_applies_to_the_base_model_too(store, tok_d
     doc = json.loads(read(copied, "metrics.json"))
     assert doc["decoding"].startswith("MBR over greedy + 3") and doc["decoding"].endswith(", copy bias 2")
     assert read(copied, "samples.jsonl") != first  # the bias was applied
+
+
+def test_the_retrieval_baseline_is_scored_and_the_gate_takes_it_unless_left_out(store, tok_dir):
+    """evaluate.retrieval_baseline adds nearest_train (the most similar train prompt's response);
+    the gate compares against every evaluated baseline unless beat_baselines names them."""
+    rows = task_rows(6)
+    words = [r["prompt"].split()[1].split("(")[0] for r in rows]
+    train = [{"prompt": f"notes on {w} for a reader", "response": f"About {w}."} for w in words[:3]]
+    train.append({"prompt": "unrelated notes", "response": "Nothing here."})
+    cfg = CFG.model_copy(
+        update={"retrieval_baseline": True, "bias": False, "counterfactual_samples": 0, "bootstrap": 0}
+    )
+    inputs = _inputs(store, tok_dir, rows, model_key="nt", train=train)
+    ref = run_step("evaluate", E.VERSION, E.evaluate_step, cfg, inputs, store=store)
+    samples = [json.loads(x) for x in (store.local_path(ref) / "samples.jsonl").read_text().splitlines()]
+    answers = {s["id"]: s["baselines"]["nearest_train"]["prediction"] for s in samples}
+    assert [answers[r["id"]] for r in rows[:3]] == [f"About {w}." for w in words[:3]]
+    assert "nearest_train" in ref.stats["baselines"]
+
+    def references(beat):
+        gcfg = GateConfig(beat_base=False, beat_baselines=beat, beat_unigram_bpb=False)
+        return {c["reference"] for c in G.reference_checks(gcfg, ref.stats["metrics"], samples)}
+
+    assert references(None) == {"constant", "first_sentence", "name_words", "nearest_train"}
+    assert references(["constant", "first_sentence"]) == {"constant", "first_sentence"}

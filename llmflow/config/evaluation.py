@@ -53,6 +53,12 @@ class EvaluateConfig(Section):
         description="Also score the model before fine-tuning and the task's trivial baselines on the "
         "same items, and the unigram language model's bits per byte (the gate's reference points).",
     )
+    retrieval_baseline: bool = Field(
+        default=False,
+        description="Also score `nearest_train`: the response of the train item whose prompt is most "
+        "similar (TF-IDF), an answer that needs no model. A reference point like the others: the "
+        "gate compares against it unless gate.beat_baselines leaves it out.",
+    )
     bias: bool = Field(default=True, description="Run the bias and fairness suite.")
     counterfactual_samples: int = Field(
         default=32,
@@ -137,8 +143,8 @@ class GateConfig(Section):
     )
     beat_baselines: list[str] | None = Field(
         default=None,
-        description="Trivial baselines to beat (constant, first_sentence, name_words); None = every "
-        "baseline the task has, [] = none.",
+        description="Trivial baselines to beat (constant, first_sentence, name_words, and "
+        "nearest_train with evaluate.retrieval_baseline); None = every baseline evaluated, [] = none.",
     )
     beat_unigram_bpb: bool = Field(
         default=True, description="val_bpb must be below the unigram model's (context was learned)."
