@@ -17,10 +17,10 @@ in the built-in task) also gets:
 On request (`evaluate.retrieval_baseline`), a retrieval answer that needs no model either:
 
 - `nearest_train`: the response of the train item whose prompt is most similar (TF-IDF cosine
-  over the prompts' words, sublinear term frequency and smoothed idf as in scikit-learn's
-  `TfidfVectorizer(sublinear_tf=True)`); a prompt sharing no word with any train prompt gets the
-  `constant` answer. On the built-in task it ties the demo's champion (benchmarks/RESULTS.md,
-  demo levers, tenth round).
+  over the prompts' words of ASCII letters, lowercased, with sublinear term frequency and smoothed
+  idf as in scikit-learn's `TfidfVectorizer(sublinear_tf=True, token_pattern="[A-Za-z]+")`); a
+  prompt sharing no word with any train prompt gets the `constant` answer. On the built-in task
+  it ties the demo's champion (benchmarks/RESULTS.md, demo levers, tenth round).
 """
 
 from __future__ import annotations
