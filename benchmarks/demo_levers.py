@@ -393,13 +393,13 @@ def main() -> None:
 
     eval_split = "test" if args.cv_fold else "validation"
     val_rows = [json.loads(x) for x in (task_dir / f"{eval_split}.jsonl").read_text().splitlines()]
-    train_resp = [json.loads(x)["response"] for x in (task_dir / "train.jsonl").read_text().splitlines()]
-    base_answers = B.baseline_answers("builtin:pydocs-summary", [r["prompt"] for r in val_rows], train_resp)
     train_rows = [json.loads(x) for x in (task_dir / "train.jsonl").read_text().splitlines()]
-    base_answers["nearest_train"] = [
-        r["prompt"].split("\n")[-2].removeprefix("see also: ")
-        for r in neighbor_rows(train_rows, val_rows, "summary")
-    ]
+    base_answers = B.baseline_answers(  # nearest_train too: the retrieval answer of tasks/baselines.py
+        "builtin:pydocs-summary",
+        [r["prompt"] for r in val_rows],
+        [r["response"] for r in train_rows],
+        [r["prompt"] for r in train_rows],
+    )
     base_scores = {
         b: [x["rougeL"] for x in M.rouge(a, [r["response"] for r in val_rows])]
         for b, a in base_answers.items()

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.mbr import choose, rouge_l  # noqa: E402
+from model.mbr import choose, utility_sums  # noqa: E402
 
 
 def sample(args) -> None:
@@ -129,10 +129,8 @@ def _precision1(a: str, b: str) -> float:
 
 
 def _mbr_scores(cands: list[str]) -> list[float]:
-    return [
-        sum(1.0 if a == b else rouge_l(a, b) for j, b in enumerate(cands) if j != i) / max(1, len(cands) - 1)
-        for i, a in enumerate(cands)
-    ]
+    """MBR's mean utility per candidate (`model.mbr.utility_sums`, ROUGE-L)."""
+    return [s / max(1, len(cands) - 1) for s in utility_sums(cands)]
 
 
 def _pick(cands: list[str], extra=None) -> str:

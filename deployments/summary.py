@@ -112,13 +112,10 @@ def print_references(evaluate: dict[str, Any], gate: dict[str, Any]) -> None:
             if isinstance(r.get("diff"), int | float) and isinstance(r.get("lower"), int | float)
             else ""
         )
-        verdict = (
-            ("not gated" if refs else "")
-            if not r
-            else "[green]beats[/]"
-            if r.get("passed")
-            else "[red]does not beat[/]"
-        )
+        if r:
+            verdict = "[green]beats[/]" if r.get("passed") else "[red]does not beat[/]"
+        else:
+            verdict = "not gated" if refs else ""
         label = "before fine-tuning" if b == "base" else f"baseline: {b}"
         table.add_row(label, *cells(baselines[b]), gain, verdict)
     console.print(table)

@@ -63,13 +63,9 @@ def rouge_l(a: str, b: str) -> float:
     return rouge_l_tokens(_tokens(a), _tokens(b))
 
 
-def choose(candidates: Sequence[str], utility: Utility | None = None) -> str:
-    """The candidate with the highest mean utility against the other candidates (ties: the first).
-
-    Identical candidates are scored once; an empty candidate can win only if most are empty.
-    """
-    if not candidates:
-        raise ValueError("MBR needs at least one candidate")
+def utility_sums(candidates: Sequence[str], utility: Utility | None = None) -> list[float]:
+    """Per candidate, its summed utility against every other candidate (identical candidates
+    score 1.0 and each pair is scored once)."""
     util = utility or rouge_l
     cache: dict[tuple[str, str], float] = {}
 
@@ -79,9 +75,15 @@ def choose(candidates: Sequence[str], utility: Utility | None = None) -> str:
             cache[key] = 1.0 if a == b else util(a, b)
         return cache[key]
 
-    best, best_score = candidates[0], float("-inf")
-    for i, a in enumerate(candidates):
-        score = sum(u(a, b) for j, b in enumerate(candidates) if j != i)
-        if score > best_score:
-            best, best_score = a, score
-    return best
+    return [sum(u(a, b) for j, b in enumerate(candidates) if j != i) for i, a in enumerate(candidates)]
+
+
+def choose(candidates: Sequence[str], utility: Utility | None = None) -> str:
+    """The candidate with the highest mean utility against the other candidates (ties: the first).
+
+    Identical candidates are scored once; an empty candidate can win only if most are empty.
+    """
+    if not candidates:
+        raise ValueError("MBR needs at least one candidate")
+    sums = utility_sums(candidates, utility)
+    return candidates[max(range(len(sums)), key=lambda i: (sums[i], -i))]
