@@ -118,9 +118,12 @@ def reference_checks(cfg: GateConfig, metrics: dict[str, Any], samples) -> list[
         }
         a, b = _paired(cfg.task_metric, samples, other)
         if not a:
-            why = (
-                "not evaluated (evaluate.baselines must be on)" if ref not in available else "no paired items"
+            needs = (
+                "evaluate.baselines and evaluate.retrieval_baseline"
+                if ref == "nearest_train"
+                else "evaluate.baselines"
             )
+            why = f"not evaluated ({needs} must be on)" if ref not in available else "no paired items"
             checks.append({**out, "value": None, "passed": False, "reason": f"{ref}: {why}"})
             continue
         test = M.paired_lower_bound(a, b, cfg.bootstrap, cfg.seed, cfg.confidence)

@@ -57,6 +57,8 @@ def test_nearest_train_answers_with_the_most_similar_train_prompt():
     answers = B.baseline_answers(B.BUILTIN, prompts[:1], responses, train_prompts)
     assert answers["nearest_train"] == ["Return the square root."]
     assert "nearest_train" not in B.baseline_answers(B.BUILTIN, prompts[:1], responses)
+    with pytest.raises(ValueError, match="pair up"):
+        B.baseline_answers(B.BUILTIN, prompts[:1], responses, train_prompts[:2])
 
 
 def test_nearest_train_picks_what_scikit_learn_tfidf_picks():

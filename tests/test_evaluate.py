@@ -279,3 +279,11 @@ def test_the_retrieval_baseline_is_scored_and_the_gate_takes_it_unless_left_out(
 
     assert references(None) == {"constant", "first_sentence", "name_words", "nearest_train"}
     assert references(["constant", "first_sentence"]) == {"constant", "first_sentence"}
+
+    # asked for but not evaluated: the gate fails and says which option scores it
+    gcfg = GateConfig(beat_base=False, beat_baselines=["nearest_train"], beat_unigram_bpb=False)
+    without = [
+        {**s, "baselines": {k: v for k, v in s["baselines"].items() if k != "nearest_train"}} for s in samples
+    ]
+    [check] = G.reference_checks(gcfg, ref.stats["metrics"], without)
+    assert not check["passed"] and "evaluate.retrieval_baseline must be on" in check["reason"]
