@@ -141,7 +141,34 @@ def _pick(cands: list[str], extra=None) -> str:
     return cands[max(range(len(cands)), key=lambda i: (scores[i], -i))]
 
 
-def rules(pool: dict) -> dict[str, str]:
+def _evidence_rules(c: list[str], evidence: dict[str, list[str]]) -> dict[str, str]:
+    """MBR over all candidates plus w x the candidate's mean ROUGE-L against extra evidence that is
+    not the model's: `nw` the function's name as words (`tasks.baselines.name_words`), `nnK` the
+    summaries of the K most TF-IDF-similar train items (the fold's train split, other modules).
+    The pick is always one of the model's candidates."""
+    from model.mbr import rouge_l
+
+    out = {}
+    for tag, refs in evidence.items():
+        if not refs:
+            continue
+        for w in (0.1, 0.2, 0.3, 0.5, 1.0):
+            out[f"mbr32+{tag}x{w}"] = _pick(
+                c, lambda x, w=w, refs=refs: w * sum(rouge_l(x, r) for r in refs) / len(refs)
+            )
+    nw, nn = evidence.get("nw"), evidence.get("nn10")
+    for a in (0.2, 0.3):  # both: the name and the neighbours
+        for b in (0.5, 1.0):
+            out[f"mbr32+nwx{a}+nn10x{b}"] = _pick(
+                c,
+                lambda x, a=a, b=b: (
+                    a * rouge_l(x, nw[0]) + (b * sum(rouge_l(x, r) for r in nn) / len(nn) if nn else 0)
+                ),
+            )
+    return out
+
+
+def rules(pool: dict, evidence: dict[str, list[str]] | None = None) -> dict[str, str]:
     c, prompt = pool["cands"], pool["prompt"]
     n = (len(c) - 1) // 2
     out = {
@@ -152,6 +179,8 @@ def rules(pool: dict) -> dict[str, str]:
         "mbr16a+faith0.2": _pick(c[: n + 1], lambda x: 0.2 * (_precision1(x, prompt) if x.strip() else 0.0)),
         "mbr16a+len0.01": _pick(c[: n + 1], lambda x: 0.01 * len(x.split())),
     }
+    if evidence:
+        out.update(_evidence_rules(c, evidence))
     if "lp" in pool:  # likelihood rerankers (`score`): per-token log p, and PMI against null prompts
         lp = dict(zip(c, pool["lp"], strict=True))
         nt = dict(zip(c, pool["ntok"], strict=True))
@@ -170,6 +199,28 @@ def rules(pool: dict) -> dict[str, str]:
     return out
 
 
+def _evidence(pools: list[dict], train_dir: str | None) -> list[dict[str, list[str]]]:
+    """Per item, {tag: evidence answers} for `_evidence_rules`; empty without `--train`."""
+    if not train_dir:
+        return [{} for _ in pools]
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tasks.baselines import name_words
+
+    train = [json.loads(x) for x in (Path(train_dir) / "train.jsonl").read_text().splitlines()]
+    vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"[A-Za-z]+")
+    index = vec.fit_transform([r["prompt"] for r in train])
+    sims = (vec.transform([p["prompt"] for p in pools]) @ index.T).toarray()
+    out = []
+    for p, row in zip(pools, sims, strict=True):
+        order = sorted(range(len(train)), key=lambda i: (-row[i], i))
+        ev = {"nw": [name_words(p["prompt"]) or ""]}
+        for k in (1, 5, 10):
+            ev[f"nn{k}"] = [train[i]["response"] for i in order[:k] if row[i] > 0]
+        out.append(ev)
+    return out
+
+
 def compare(args) -> None:
     import numpy as np
 
@@ -183,12 +234,28 @@ def compare(args) -> None:
         per: dict[str, dict[str, list[float]]] = {}
         for name, pools in zip(names, files, strict=True):
             assert [p["id"] for p in pools] == [p["id"] for p in files[0]], "pools of different items"
-            picks = [rules(p) for p in pools]
+            picks = [rules(p, e) for p, e in zip(pools, _evidence(pools, args.train), strict=True)]
             per[name] = {k: [M.rouge_l(x[k], r) for x, r in zip(picks, refs, strict=True)] for k in picks[0]}
             per[name]["oracle"] = [
                 max(M.rouge_l(c, r) for c in p["cands"]) for p, r in zip(pools, refs, strict=True)
             ]
         row = {n: {k: round(float(np.mean(v)), 4) for k, v in s.items()} for n, s in per.items()}
+        from tasks.baselines import name_words
+
+        nws = [M.rouge_l(name_words(p["prompt"]) or "", r) for p, r in zip(files[0], refs, strict=True)]
+        row["name_words"] = round(float(np.mean(nws)), 4)
+        for n, s in per.items():  # MBR-32 and each evidence rule against the name as words, paired
+            row[f"{n} vs name_words"] = {
+                k: M.paired_lower_bound(v, nws, 1000, 1234, 0.95)
+                for k, v in s.items()
+                if k.startswith("mbr32")
+            }
+        for n, s in per.items():  # each evidence rule against plain MBR-32, paired per item
+            row[f"{n} vs mbr32"] = {
+                k: M.paired_lower_bound(v, s["mbr32"], 1000, 1234, 0.95)
+                for k, v in s.items()
+                if k.startswith("mbr32+")
+            }
         if len(files) == 2:  # an ensemble: one MBR over both models' candidates
             union = [_pick(a["cands"] + b["cands"]) for a, b in zip(*files, strict=True)]
             scores = [M.rouge_l(x, r) for x, r in zip(union, refs, strict=True)]
@@ -218,6 +285,9 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("pools", nargs="+", help="a pool file, or A.json+B.json to pair two")
     c.add_argument("--out", default=None)
+    c.add_argument(
+        "--train", default=None, help="a task folder whose train.jsonl gives the retrieval evidence"
+    )
     args = ap.parse_args()
     {"sample": sample, "score": score, "compare": compare}[args.cmd](args)
 
