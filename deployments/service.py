@@ -64,6 +64,8 @@ from llmflow import events
 from llmflow.config import PipelineConfig, ServeConfig
 from llmflow.feedback import FeedbackStore, ThresholdPolicy
 from llmflow.store import ArtifactStore
+from tasks import mbr_evidence
+from tasks.mbr_evidence import train_rows_of_model
 
 log = logging.getLogger("llmflow.serve")
 
@@ -124,6 +126,17 @@ def create_app(
         device=device,
         on_change=champion_changed,
     )
+
+    evidence_by_path: dict[str | None, Any] = {}
+
+    def mbr_evidence_for(path: str | None):
+        """The MBR evidence `serve.mbr_*` asks for, built once per champion (its neighbours come
+        from the champion's own train split), as the evaluate step built it; None for none."""
+        if path not in evidence_by_path:
+            rows = train_rows_of_model(path, store) if path and cfg.mbr_neighbors else []
+            evidence_by_path.clear()  # one champion at a time
+            evidence_by_path[path] = mbr_evidence.from_config(cfg, rows)
+        return evidence_by_path[path]
 
     def safe_emit(event: str, payload: dict[str, Any]) -> bool:
         try:
@@ -264,8 +277,15 @@ def create_app(
         copy_bias = cfg.copy_bias if req.copy_bias is None else req.copy_bias
         if copy_bias:
             params["copy_bias"] = copy_bias
+        evidence = mbr_evidence_for(champion.path) if "mbr_samples" in params else None
         with champion.generate_lock:
-            text = sample(model, tokenizer, [format_prompt(req.prompt, req.system, tokenizer)], **params)[0]
+            text = sample(
+                model,
+                tokenizer,
+                [format_prompt(req.prompt, req.system, tokenizer)],
+                **params,
+                **({"mbr_evidence": evidence([req.prompt])} if evidence is not None else {}),
+            )[0]
         gid = fb.record_generation(version, req.prompt, text, {**params, "system": req.system})
         return GenerateResponse(id=gid, text=text, model_version=version)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from model.chat import ROLE_TOKENS, end_marker, fit_prompt, format_prompt
+from model.mbr import Evidence
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -198,6 +200,7 @@ def generate(
     mbr_samples: int = 0,
     mbr_temperature: float = 0.8,
     mbr_utility=None,
+    mbr_evidence: Sequence[Evidence] | None = None,
     copy_bias: float = 0.0,
     contrast: float = 0.0,
     contrast_prompts: list[str] | None = None,
@@ -208,11 +211,16 @@ def generate(
     `model.chat.fit_prompt` says (the tokenizer's `truncation_side`). Generation stops at
     eos or the answer's end marker (`<|end|>`, or a foreign template's), a token or a text. With
     `mbr_samples` N > 0 (and temperature 0), each answer is chosen by minimum Bayes risk
-    (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`. `copy_bias` > 0
+    (model/mbr.py) among the greedy answer and N samples at `mbr_temperature`; `mbr_evidence`, one
+    per prompt, adds pseudo-references to that choice (`model.mbr.choose`). `copy_bias` > 0
     adds that much to the logits of the prompt's own tokens in every decoding (`CopyBias`).
     `contrast` w > 0 is context-aware decoding (`NullContrast`) against the empty prompt, or
     against `contrast_prompts` (rendered, one per prompt), applied before the copy bias.
     """
+    if mbr_evidence is not None and len(mbr_evidence) != len(prompts):
+        raise ValueError(
+            f"mbr_evidence has {len(mbr_evidence)} entries for {len(prompts)} prompts: one per prompt"
+        )
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -268,7 +276,11 @@ def generate(
             )
             samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)
             answers = [
-                choose([a, *samples[j * mbr_samples : (j + 1) * mbr_samples]], mbr_utility)
+                choose(
+                    [a, *samples[j * mbr_samples : (j + 1) * mbr_samples]],
+                    mbr_utility,
+                    mbr_evidence[i + j] if mbr_evidence is not None else (),
+                )
                 for j, a in enumerate(answers)
             ]
         outputs += answers

@@ -9,6 +9,10 @@ two answers; the default is ROUGE-L F (rouge-score, stemming on), the task metri
 built-in task, so MBR here optimises the metric the gate checks. That is the method's point and
 also its known risk (the answers can drift toward what the utility rewards), so the evaluation
 reports BLEU, chrF and exact match beside it, and the model card says which decoding was used.
+
+`choose` can also weigh evidence that is not the model's: pseudo-references with a weight each
+(tasks/mbr_evidence.py builds them: the function's name as words, the nearest train items'
+responses). They only re-rank; the answer is always one of the model's candidates.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 Utility = Callable[[str, str], float]
+Evidence = Sequence[tuple[float, Sequence[str]]]  # (weight, pseudo-references) groups for `choose`
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -78,12 +83,23 @@ def utility_sums(candidates: Sequence[str], utility: Utility | None = None) -> l
     return [sum(u(a, b) for j, b in enumerate(candidates) if j != i) for i, a in enumerate(candidates)]
 
 
-def choose(candidates: Sequence[str], utility: Utility | None = None) -> str:
+def choose(candidates: Sequence[str], utility: Utility | None = None, evidence: Evidence = ()) -> str:
     """The candidate with the highest mean utility against the other candidates (ties: the first).
 
     Identical candidates are scored once; an empty candidate can win only if most are empty.
+    `evidence` adds pseudo-references that are not the model's samples: groups of
+    `(weight, texts)`, each adding weight x the candidate's mean utility against the group's texts
+    to its score (an empty group adds nothing). The answer is still one of `candidates`.
     """
     if not candidates:
         raise ValueError("MBR needs at least one candidate")
     sums = utility_sums(candidates, utility)
+    groups = [(w, list(texts)) for w, texts in evidence if w and texts]
+    if groups:
+        util = utility or rouge_l
+        n = max(1, len(candidates) - 1)
+        sums = [
+            s / n + sum(w * sum(util(c, t) for t in texts) / len(texts) for w, texts in groups)
+            for s, c in zip(sums, candidates, strict=True)
+        ]
     return candidates[max(range(len(sums)), key=lambda i: (sums[i], -i))]

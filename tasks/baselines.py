@@ -110,27 +110,41 @@ def _tfidf(counts: Counter[str], idf: dict[str, float]) -> dict[str, float]:
     return {t: v / norm for t, v in w.items()} if norm else {}
 
 
+class TfidfIndex:
+    """TF-IDF cosine over prompts' words (as scikit-learn's `TfidfVectorizer(sublinear_tf=True,
+    token_pattern="[A-Za-z]+")` scores them), built once over the train prompts."""
+
+    def __init__(self, train_prompts: list[str]):
+        docs = [Counter(_WORD.findall(p.lower())) for p in train_prompts]
+        df = Counter(t for d in docs for t in d)
+        n = len(docs)
+        self._idf = {t: math.log((1 + n) / (1 + k)) + 1.0 for t, k in df.items()}
+        self._index: defaultdict[str, list[tuple[int, float]]] = defaultdict(list)
+        for i, d in enumerate(docs):
+            for t, v in _tfidf(d, self._idf).items():
+                self._index[t].append((i, v))
+
+    def top(self, prompt: str, k: int) -> list[int]:
+        """The indices of the `k` train prompts most similar to `prompt`, best first (ties: the
+        first), only those sharing a word with it."""
+        scores: defaultdict[int, float] = defaultdict(float)
+        for t, q in _tfidf(Counter(_WORD.findall(prompt.lower())), self._idf).items():
+            for i, v in self._index[t]:
+                scores[i] += q * v
+        ranked = sorted((kv for kv in scores.items() if kv[1] > 0), key=lambda kv: (-kv[1], kv[0]))
+        return [i for i, _ in ranked[:k]]
+
+
 def nearest_train(
     prompts: list[str], train_prompts: list[str], train_responses: list[str], fallback: str
 ) -> list[str]:
     """Per prompt, the response of the most TF-IDF-similar train prompt (the first on a tie);
     `fallback` for a prompt that shares no word with any train prompt."""
-    docs = [Counter(_WORD.findall(p.lower())) for p in train_prompts]
-    df = Counter(t for d in docs for t in d)
-    n = len(docs)
-    idf = {t: math.log((1 + n) / (1 + k)) + 1.0 for t, k in df.items()}
-    index: defaultdict[str, list[tuple[int, float]]] = defaultdict(list)
-    for i, d in enumerate(docs):
-        for t, v in _tfidf(d, idf).items():
-            index[t].append((i, v))
+    index = TfidfIndex(train_prompts)
     out = []
     for p in prompts:
-        scores: defaultdict[int, float] = defaultdict(float)
-        for t, q in _tfidf(Counter(_WORD.findall(p.lower())), idf).items():
-            for i, v in index[t]:
-                scores[i] += q * v
-        best = max(scores.items(), key=lambda kv: (kv[1], -kv[0]), default=None)
-        out.append(train_responses[best[0]] if best and best[1] > 0 else fallback)
+        best = index.top(p, 1)
+        out.append(train_responses[best[0]] if best else fallback)
     return out
 
 

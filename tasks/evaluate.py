@@ -30,8 +30,10 @@ from llmflow.step import StepContext
 from llmflow.store import StepRef
 from tasks import baselines as B
 from tasks import bias as bias_mod
+from tasks import mbr_evidence
 from tasks import metrics as M
 from tasks.common import step_task
+from tasks.mbr_evidence import read_train_rows
 
 VERSION = 1
 HIGHER_IS_BETTER = {*M.MEAN_METRICS, "bleu", "chrf", "counterfactual_identical_rate"}
@@ -106,7 +108,7 @@ def _decoding_name(cfg) -> str:
         if cfg.mbr_samples
         else "greedy"
     )
-    return name + (f", copy bias {cfg.copy_bias:g}" if cfg.copy_bias else "")
+    return name + (f", copy bias {cfg.copy_bias:g}" if cfg.copy_bias else "") + mbr_evidence.describe(cfg)
 
 
 def evaluate_step(ctx: StepContext) -> dict[str, Any]:
@@ -120,13 +122,16 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     model, tokenizer = load_model(ctx.input_path("model"))
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, **decoding(cfg))
     boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
+    train_rows = read_train_rows(ctx.input_path("task"))
+    evidence = mbr_evidence.from_config(cfg, train_rows)
 
     def generate_all(prompts: list[str], what: str) -> list[str]:
         out: list[str] = []
         step = max(cfg.batch_size, 1)
         for i in range(0, len(prompts), step):
-            batch = [render_prompt(p, tokenizer) for p in prompts[i : i + step]]
-            out += generate(model, tokenizer, batch, **gen)
+            raw = prompts[i : i + step]
+            batch = [render_prompt(p, tokenizer) for p in raw]
+            out += generate(model, tokenizer, batch, **gen, **_evidence_arg(evidence, raw))
             ctx.progress(len(out), len(prompts), f"{what} {len(out)}/{len(prompts)}")
         return out
 
@@ -141,7 +146,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
         baselines = _baselines(
-            ctx, rows, refs, generate, gen, cfg.seed, tokenizer.truncation_side, cfg.retrieval_baseline
+            ctx, rows, refs, train_rows, generate, gen, evidence, cfg, tokenizer.truncation_side
         )
         timer("baselines")
 
@@ -274,12 +279,18 @@ def _bpb(model, ctx: StepContext, cfg) -> dict[str, float]:
     return {"val_bpb": r["bpb"], "val_ppl": r["ppl"], "val_loss": r["loss"], "val_tokens": r["tokens"]}
 
 
+def _evidence_arg(evidence, prompts: list[str]) -> dict[str, Any]:
+    """generate()'s `mbr_evidence` for these raw prompts, when the decoding has evidence."""
+    return {"mbr_evidence": evidence(prompts)} if evidence is not None else {}
+
+
 def _baselines(
-    ctx: StepContext, rows, refs, generate, gen, seed, candidate_side: str, retrieval: bool = False
+    ctx: StepContext, rows, refs, train_rows, generate, gen, evidence, cfg, candidate_side: str
 ) -> dict[str, dict[str, Any]]:
     """{name: {predictions, per_sample, metrics}} of the model before fine-tuning (`base`, when
-    the step has that input) and of the task's trivial baselines (tasks/baselines.py); with
-    `retrieval`, also the nearest train item's response (`nearest_train`)."""
+    the step has that input, decoded as the candidate is, MBR evidence included) and of the task's
+    trivial baselines (tasks/baselines.py); with `evaluate.retrieval_baseline`, also the nearest
+    train item's response (`nearest_train`)."""
     from model.adapters import load_finetuned
     from model.sft_data import render_prompt
 
@@ -290,24 +301,19 @@ def _baselines(
         tokenizer.truncation_side = candidate_side  # the same prompts, cut the same way
         answers["base"] = []
         for i in range(0, len(prompts), gen["batch_size"]):
-            batch = [render_prompt(p, tokenizer) for p in prompts[i : i + gen["batch_size"]]]
-            answers["base"] += generate(base, tokenizer, batch, **gen)
+            raw = prompts[i : i + gen["batch_size"]]
+            batch = [render_prompt(p, tokenizer) for p in raw]
+            answers["base"] += generate(base, tokenizer, batch, **gen, **_evidence_arg(evidence, raw))
             ctx.progress(
                 len(answers["base"]), len(prompts), f"base model {len(answers['base'])}/{len(prompts)}"
             )
         del base
-    train = ctx.input_path("task") / "train.jsonl"
-    train_rows = (
-        [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if train.exists()
-        else []
-    )
     train_responses = [r.get("response", "") for r in train_rows]
-    train_prompts = [r.get("prompt", "") for r in train_rows] if retrieval else None
+    train_prompts = [r.get("prompt", "") for r in train_rows] if cfg.retrieval_baseline else None
     answers.update(B.baseline_answers(_task_source(ctx), prompts, train_responses, train_prompts))
     out = {}
     for b, preds in answers.items():
-        metrics, _, per_sample, _ = M.score_all(preds, refs, n_boot=0, seed=seed)
+        metrics, _, per_sample, _ = M.score_all(preds, refs, n_boot=0, seed=cfg.seed)
         out[b] = {"predictions": preds, "per_sample": per_sample, "metrics": metrics}
     return out
 

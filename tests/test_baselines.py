@@ -82,3 +82,9 @@ def test_nearest_train_picks_what_scikit_learn_tfidf_picks():
     for q, got in enumerate(ours):
         assert sims[q, int(got)] == pytest.approx(sims[q].max(), abs=1e-12), q
     assert sum(int(got) == sims[q].argmax() for q, got in enumerate(ours)) >= 99
+    # the k nearest (MBR's neighbours, tasks/mbr_evidence.py): scikit-learn's k largest similarities, best first
+    index = B.TfidfIndex(train)
+    for q in range(len(queries)):
+        top = index.top(queries[q], 5)
+        assert [sims[q, i] for i in top] == pytest.approx(sorted(sims[q], reverse=True)[:5], abs=1e-12), q
+    assert index.top("no shared words at all", 5) == [] and index.top(queries[0], 0) == []

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from llmflow.config import EvaluateConfig, GateConfig, Threshold
 from llmflow.registry import Registry
 from llmflow.step import run_step
+from tasks import baselines as B
 from tasks import evaluate as E
 from tasks import gate as G
 from tests.helpers import corpus, task_rows, tiny_model_dir
@@ -254,6 +255,45 @@ def test_mbr_decoding_is_recorded_and_applies_to_the_base_model_too(store, tok_d
     doc = json.loads(read(copied, "metrics.json"))
     assert doc["decoding"].startswith("MBR over greedy + 3") and doc["decoding"].endswith(", copy bias 2")
     assert read(copied, "samples.jsonl") != first  # the bias was applied
+
+
+def test_mbr_evidence_reaches_the_choice_for_the_candidate_and_the_base_model(store, tok_dir, monkeypatch):
+    """evaluate.mbr_name_weight / mbr_neighbors: each item's MBR choice weighs the name as words and
+    the nearest train responses, for the fine-tuned model and the model before fine-tuning alike."""
+    import model.mbr as mbr
+
+    seen = []
+    choose = mbr.choose
+    monkeypatch.setattr(mbr, "choose", lambda c, u=None, e=(): seen.append(e) or choose(c, u, e))
+    rows = task_rows(4)
+    train = [
+        {"prompt": f"notes on {r['prompt'].split()[1][:-4]}", "response": f"T{i}."}
+        for i, r in enumerate(rows)
+    ]
+    cfg = CFG.model_copy(
+        update={
+            "mbr_samples": 2,
+            "mbr_name_weight": 0.3,
+            "mbr_neighbors": 1,
+            "mbr_neighbor_weight": 0.5,
+            "bias": False,
+            "counterfactual_samples": 0,
+            "bootstrap": 0,
+        }
+    )
+    ref = run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        cfg,
+        _inputs(store, tok_dir, rows, "ev", train=train),
+        store=store,
+    )
+    want = [[(0.3, [B.name_words(r["prompt"])]), (0.5, [f"T{i}."])] for i, r in enumerate(rows)]
+    assert seen == want + want  # the candidate's items, then the base model's
+    assert ref.stats["decoding"].endswith(
+        "MBR evidence: the name as words x 0.3 and the 1 nearest train summaries x 0.5"
+    )
 
 
 def test_the_retrieval_baseline_is_scored_and_the_gate_takes_it_unless_left_out(store, tok_dir):

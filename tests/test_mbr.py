@@ -123,3 +123,19 @@ def test_null_contrast_matches_a_step_by_step_recomputation(tmp_path):
         model, tokenizer, prompts, max_new_tokens=8, contrast=1.0, mbr_samples=3, seed=1, copy_bias=2.0
     )
     assert len(picks) == 3
+
+
+def test_evidence_weighs_the_choice_and_the_answer_stays_a_candidate():
+    """Pseudo-references beyond the samples (tasks/mbr_evidence.py): weight x mean ROUGE-L against
+    each group is added to a candidate's mean utility; the answer is always one of the candidates."""
+    cands = ["return the sum", "return the sum of x", "read a file"]
+    # plain MBR: "return the sum" and "return the sum of x" agree (0.75 each), the first wins
+    assert mbr.choose(cands) == "return the sum"
+    hint = ["read the file"]  # ROUGE-L 1/3 with the first, 2/3 with the last
+    assert mbr.choose(cands, evidence=[(1.0, hint)]) == "return the sum"  # 0.375 + 0.333 > 0 + 0.667
+    assert mbr.choose(cands, evidence=[(2.0, hint)]) == "read a file"  # 0.375 + 0.667 < 1.333
+    assert mbr.choose(cands, evidence=[(0.0, hint), (5.0, [])]) == "return the sum"  # nothing to weigh
+    assert mbr.choose(["a b", "c d"], evidence=[(9.0, ["e f"])]) == "a b"  # never the evidence itself
+    # two groups add up: the mean within a group, the weight per group
+    two = [(1.0, ["read the file", "return the sum"]), (1.5, ["read file"])]
+    assert mbr.choose(cands, evidence=two) == "read a file"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Upper bounds that catch a typo (an extra zero, 1e23) before a run starts, never a real run:
 # each is far beyond the largest run llmflow is meant for.
@@ -17,3 +17,35 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MbrEvidenceSettings(Section):
+    """Pseudo-references for minimum Bayes risk decoding beyond the model's own samples
+    (tasks/mbr_evidence.py); the evaluate step and the service read the same three settings."""
+
+    mbr_name_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="MBR evidence: the function's name as words (for a prompt with a Python signature), "
+        "weighted; a candidate that shares its words scores higher. 0 = off.",
+    )
+    mbr_neighbors: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="MBR evidence: the responses of the N train items whose prompts are most similar "
+        "(TF-IDF), from the fine-tune's own train split. 0 = off; needs mbr_neighbor_weight.",
+    )
+    mbr_neighbor_weight: float = Field(
+        default=0.0, ge=0.0, le=10.0, description="The weight of the mbr_neighbors' responses."
+    )
+
+    @model_validator(mode="after")
+    def _neighbors_and_weight(self) -> MbrEvidenceSettings:
+        if bool(self.mbr_neighbors) != bool(self.mbr_neighbor_weight):
+            raise ValueError(
+                f"mbr_neighbors {self.mbr_neighbors} and mbr_neighbor_weight {self.mbr_neighbor_weight:g}: "
+                "set both (neighbours are evidence only with a weight) or neither"
+            )
+        return self

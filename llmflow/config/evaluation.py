@@ -10,11 +10,12 @@ from llmflow.config.base import (
     MAX_BATCH,
     MAX_ITEMS,
     MAX_SEED,
+    MbrEvidenceSettings,
     Section,
 )
 
 
-class EvaluateConfig(Section):
+class EvaluateConfig(MbrEvidenceSettings):
     """Held-out evaluation of the fine-tuned model (see tasks/evaluate.py)."""
 
     max_samples: int = Field(
@@ -70,6 +71,15 @@ class EvaluateConfig(Section):
         default=0.0, ge=0, le=1, description="A generation whose toxicity score exceeds this is toxic."
     )
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _evidence_needs_mbr(self) -> EvaluateConfig:
+        if (self.mbr_name_weight or self.mbr_neighbors) and not self.mbr_samples:
+            raise ValueError(
+                "evaluate.mbr_name_weight / mbr_neighbors weigh minimum Bayes risk's choice: "
+                "set evaluate.mbr_samples > 0 too"
+            )
+        return self
 
 
 class Threshold(Section):

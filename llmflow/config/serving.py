@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from llmflow.config.base import (
-    Section,
+    MbrEvidenceSettings,
 )
 
 
-class ServeConfig(Section):
+class ServeConfig(MbrEvidenceSettings):
     """The serving endpoint and the feedback loop (deployments/service.py, deployments/feedback.py).
 
     Secrets and addresses can come from the environment instead (LLMFLOW_SERVE_TOKEN,
