@@ -108,7 +108,8 @@ def _decoding_name(cfg) -> str:
         if cfg.mbr_samples
         else "greedy"
     )
-    return name + (f", copy bias {cfg.copy_bias:g}" if cfg.copy_bias else "") + mbr_evidence.describe(cfg)
+    evidence = mbr_evidence.describe(cfg) if cfg.mbr_samples else ""
+    return name + (f", copy bias {cfg.copy_bias:g}" if cfg.copy_bias else "") + evidence
 
 
 def evaluate_step(ctx: StepContext) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, **decoding(cfg))
     boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
     train_rows = read_train_rows(ctx.input_path("task"))
-    evidence = mbr_evidence.from_config(cfg, train_rows)
+    evidence = mbr_evidence.from_config(cfg, train_rows) if cfg.mbr_samples else None  # MBR's choice only
 
     def generate_all(prompts: list[str], what: str) -> list[str]:
         out: list[str] = []

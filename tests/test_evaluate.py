@@ -294,6 +294,16 @@ def test_mbr_evidence_reaches_the_choice_for_the_candidate_and_the_base_model(st
     assert ref.stats["decoding"].endswith(
         "MBR evidence: the name as words x 0.3 and the 1 nearest train summaries x 0.5"
     )
+    seen.clear()  # greedy: no MBR choice to weigh, and the decoding says so
+    greedy = run_step(
+        "evaluate",
+        E.VERSION,
+        E.evaluate_step,
+        cfg.model_copy(update={"mbr_samples": 0}),
+        _inputs(store, tok_dir, rows, "ev", train=train),
+        store=store,
+    )
+    assert seen == [] and greedy.stats["decoding"] == "greedy"
 
 
 def test_the_retrieval_baseline_is_scored_and_the_gate_takes_it_unless_left_out(store, tok_dir):

@@ -21,7 +21,8 @@ class Section(BaseModel):
 
 class MbrEvidenceSettings(Section):
     """Pseudo-references for minimum Bayes risk decoding beyond the model's own samples
-    (tasks/mbr_evidence.py); the evaluate step and the service read the same three settings."""
+    (tasks/mbr_evidence.py); the evaluate step and the service read the same three settings. They
+    weigh MBR's choice only: greedy decoding (mbr_samples 0) ignores them."""
 
     mbr_name_weight: float = Field(
         default=0.0,

@@ -72,15 +72,6 @@ class EvaluateConfig(MbrEvidenceSettings):
     )
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
-    @model_validator(mode="after")
-    def _evidence_needs_mbr(self) -> EvaluateConfig:
-        if (self.mbr_name_weight or self.mbr_neighbors) and not self.mbr_samples:
-            raise ValueError(
-                "evaluate.mbr_name_weight / mbr_neighbors weigh minimum Bayes risk's choice: "
-                "set evaluate.mbr_samples > 0 too"
-            )
-        return self
-
 
 class Threshold(Section):
     metric: str
