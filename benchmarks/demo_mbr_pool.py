@@ -43,9 +43,9 @@ def sample(args) -> None:
     pools: list[list[str]] = []
     choose = mbr.choose
 
-    def keep(candidates, utility=None):  # generate() imports model.mbr.choose at call time
+    def keep(candidates, utility=None, evidence=()):  # generate() imports model.mbr.choose at call time
         pools.append(list(candidates))
-        return choose(candidates, utility)
+        return choose(candidates, utility, evidence)
 
     mbr.choose = keep
     model, tok = load(args.model, "cpu")
