@@ -209,12 +209,39 @@ def generate(
             "measures); 0 = off.",
         ),
     ] = 0.0,
+    mbr_name_weight: Annotated[
+        float,
+        typer.Option(
+            "--mbr-name-weight",
+            min=0.0,
+            max=10.0,
+            help="With --mbr: the choice also weighs the function's name as words, this much "
+            "(`evaluate.mbr_name_weight`).",
+        ),
+    ] = 0.0,
+    mbr_neighbors: Annotated[
+        int,
+        typer.Option(
+            "--mbr-neighbors",
+            min=0,
+            max=100,
+            help="With --mbr: the choice also weighs the responses of the N most similar items of the "
+            "model's own train split, found through its artifact (`evaluate.mbr_neighbors`).",
+        ),
+    ] = 0,
+    mbr_neighbor_weight: Annotated[
+        float, typer.Option("--mbr-neighbor-weight", min=0.0, max=10.0, help="The neighbours' weight.")
+    ] = 0.0,
     home: HomeOpt = None,
     name: NameOpt = "llmflow",
 ) -> None:
     """Sample from a checkpoint: a registry version or alias, or any model directory."""
     if mbr and temperature > 0:
         fail("--mbr chooses among samples itself: use it with --temperature 0", code=2)
+    if bool(mbr_neighbors) != bool(mbr_neighbor_weight):
+        fail("--mbr-neighbors and --mbr-neighbor-weight go together: set both or neither", code=2)
+    if (mbr_name_weight or mbr_neighbors) and not mbr:
+        fail("--mbr-name-weight / --mbr-neighbors weigh MBR's choice: use them with --mbr N", code=2)
     path = Path(model)
     if not path.exists():
         from llmflow.registry import RegistryError
@@ -224,6 +251,18 @@ def generate(
         except RegistryError as e:
             fail(f"'{model}' is neither a path nor usable in registry '{name}': {e}", code=1)
         path = Path(entry["model_path"])
+    evidence = None
+    if mbr_name_weight or mbr_neighbors:  # before the model loads: a missing split fails fast
+        from llmflow.store import ArtifactStore
+        from tasks.mbr_evidence import MbrEvidence, train_rows_of_model
+
+        rows = train_rows_of_model(path, ArtifactStore(home)) if mbr_neighbors else []
+        if mbr_neighbors and not rows:
+            fail(
+                f"--mbr-neighbors: {path} has no train split in the artifact store (not a fine-tune of it)",
+                code=1,
+            )
+        evidence = MbrEvidence(mbr_name_weight, mbr_neighbors, mbr_neighbor_weight, rows)
     from model.adapters import FINETUNE_META, load_finetuned
     from model.chat import format_prompt
     from model.generate import generate as sample
@@ -246,6 +285,7 @@ def generate(
         seed=seed,
         mbr_samples=mbr,
         copy_bias=copy_bias,
+        **({"mbr_evidence": evidence([prompt]) * num} if evidence is not None else {}),
     )
     for i, out in enumerate(outs):
         if num > 1:

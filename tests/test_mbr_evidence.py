@@ -93,3 +93,22 @@ def test_the_service_weighs_the_same_evidence(tmp_path, monkeypatch):
         assert seen == [[(0.3, ["Read bytes."]), (0.5, ["Read a text file."])]]
         client.post("/generate", json={"prompt": prompt, "max_new_tokens": 4, "temperature": 0.7})
         assert len(seen) == 1  # sampling: no MBR, no evidence
+
+
+def test_llmflow_generate_weighs_the_same_evidence(tmp_path):
+    """`llmflow generate --mbr N --mbr-name-weight W --mbr-neighbors K --mbr-neighbor-weight W2`
+    finds the model's train split through its artifact; bad combinations are one-line errors."""
+    from tests.test_cli import _one_error_line, _run
+
+    home = tmp_path / "home"
+    path = _finetuned(ArtifactStore(home), tmp_path)
+    prompt = "def read_bytes(path):\n    Read the whole file at path as bytes."
+    common = ["generate", "--home", str(home), "--model", path, "--prompt", prompt, "--max-new-tokens", "4"]
+    ok = _run(*common, "--temperature", "0", "--mbr", "3", "--seed", "1", "--mbr-name-weight", "0.3",
+              "--mbr-neighbors", "2", "--mbr-neighbor-weight", "0.5")  # fmt: skip
+    assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr[-2000:]
+    _one_error_line(_run(*common, "--mbr-neighbors", "2"), 2, "set both or neither")
+    _one_error_line(_run(*common, "--mbr-name-weight", "0.3"), 2, "use them with --mbr N")
+    bare = ["generate", "--home", str(home), "--model", str(tmp_path / "tok"), "--prompt", "x"]
+    args = ["--temperature", "0", "--mbr", "2", "--mbr-neighbors", "2", "--mbr-neighbor-weight", "0.5"]
+    _one_error_line(_run(*bare, *args), 1, "has no train split in the artifact store")
