@@ -134,6 +134,8 @@ def create_app(
         from the champion's own train split), as the evaluate step built it; None for none."""
         if path not in evidence_by_path:
             rows = train_rows_of_model(path, store) if path and cfg.mbr_neighbors else []
+            if cfg.mbr_neighbors and not rows:
+                log.warning("serve.mbr_neighbors: %s has no train split in the store: no neighbours", path)
             evidence_by_path.clear()  # one champion at a time
             evidence_by_path[path] = mbr_evidence.from_config(cfg, rows)
         return evidence_by_path[path]
