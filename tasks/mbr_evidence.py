@@ -9,7 +9,7 @@ still one the model generated. Two kinds, each with its weight:
 - the neighbours: the responses of the `neighbors` train items whose prompts are most similar
   (`tasks.baselines.TfidfIndex`: TF-IDF cosine), a retrieval prior in the spirit of kNN-LM
   (Khandelwal et al. 2020): similar functions have similarly worded summaries. The train split
-  is the model's own training data; the evaluation never looks at its held-out items.
+  is the model's own training data; only it is searched, never the validation or test split.
 
 On the built-in task, both together add +0.015 to +0.027 ROUGE-L to MBR-32 on four folds of modules
 the fine-tune never saw (benchmarks/RESULTS.md, demo levers, eleventh round). The evaluate step and the
