@@ -91,8 +91,8 @@ def test_the_service_weighs_the_same_evidence(tmp_path, monkeypatch):
         r = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 4, "seed": 1})
         assert r.status_code == 200, r.text
         assert seen == [[(0.3, ["Read bytes."]), (0.5, ["Read a text file."])]]
-        client.post("/generate", json={"prompt": prompt, "max_new_tokens": 4, "temperature": 0.7})
-        assert len(seen) == 1  # sampling: no MBR, no evidence
+        sampled = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 4, "temperature": 0.7})
+        assert sampled.status_code == 200 and len(seen) == 1  # sampling: no MBR, no evidence
 
 
 def test_llmflow_generate_weighs_the_same_evidence(tmp_path):
