@@ -142,29 +142,18 @@ def _pick(cands: list[str], extra=None) -> str:
 
 
 def _evidence_rules(c: list[str], evidence: dict[str, list[str]]) -> dict[str, str]:
-    """MBR over all candidates plus w x the candidate's mean ROUGE-L against extra evidence that is
-    not the model's: `nw` the function's name as words (`tasks.baselines.name_words`), `nnK` the
-    summaries of the K most TF-IDF-similar train items (the fold's train split, other modules).
-    The pick is always one of the model's candidates."""
-    from model.mbr import rouge_l
-
+    """MBR over all candidates weighing extra evidence that is not the model's (`model.mbr.choose`'s
+    `evidence`, as the evaluate step decodes): `nw` the function's name as words
+    (`tasks.baselines.name_words`), `nnK` the summaries of the K most TF-IDF-similar train items
+    (the fold's train split, other modules). The pick is always one of the model's candidates."""
     out = {}
     for tag, refs in evidence.items():
-        if not refs:
-            continue
         for w in (0.1, 0.2, 0.3, 0.5, 1.0):
-            out[f"mbr32+{tag}x{w}"] = _pick(
-                c, lambda x, w=w, refs=refs: w * sum(rouge_l(x, r) for r in refs) / len(refs)
-            )
-    nw, nn = evidence.get("nw"), evidence.get("nn10")
+            if refs:
+                out[f"mbr32+{tag}x{w}"] = choose(c, evidence=[(w, refs)])
     for a in (0.2, 0.3):  # both: the name and the neighbours
         for b in (0.5, 1.0):
-            out[f"mbr32+nwx{a}+nn10x{b}"] = _pick(
-                c,
-                lambda x, a=a, b=b: (
-                    a * rouge_l(x, nw[0]) + (b * sum(rouge_l(x, r) for r in nn) / len(nn) if nn else 0)
-                ),
-            )
+            out[f"mbr32+nwx{a}+nn10x{b}"] = choose(c, evidence=[(a, evidence["nw"]), (b, evidence["nn10"])])
     return out
 
 
@@ -200,24 +189,19 @@ def rules(pool: dict, evidence: dict[str, list[str]] | None = None) -> dict[str,
 
 
 def _evidence(pools: list[dict], train_dir: str | None) -> list[dict[str, list[str]]]:
-    """Per item, {tag: evidence answers} for `_evidence_rules`; empty without `--train`."""
+    """Per item, {tag: evidence answers} for `_evidence_rules`; empty without `--train`. The
+    neighbours come from `tasks.baselines.TfidfIndex`, as `tasks.mbr_evidence` finds them."""
     if not train_dir:
         return [{} for _ in pools]
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from tasks.baselines import name_words
+    from tasks.baselines import TfidfIndex, name_words
 
     train = [json.loads(x) for x in (Path(train_dir) / "train.jsonl").read_text().splitlines()]
-    vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"[A-Za-z]+")
-    index = vec.fit_transform([r["prompt"] for r in train])
-    sims = (vec.transform([p["prompt"] for p in pools]) @ index.T).toarray()
+    index = TfidfIndex([r["prompt"] for r in train])
     out = []
-    for p, row in zip(pools, sims, strict=True):
-        order = sorted(range(len(train)), key=lambda i: (-row[i], i))
-        ev = {"nw": [name_words(p["prompt"]) or ""]}
-        for k in (1, 5, 10):
-            ev[f"nn{k}"] = [train[i]["response"] for i in order[:k] if row[i] > 0]
-        out.append(ev)
+    for p in pools:
+        near = [train[i]["response"] for i in index.top(p["prompt"], 10)]
+        words = name_words(p["prompt"])
+        out.append({"nw": [words] if words else [], **{f"nn{k}": near[:k] for k in (1, 5, 10)}})
     return out
 
 

@@ -65,7 +65,6 @@ from llmflow.config import PipelineConfig, ServeConfig
 from llmflow.feedback import FeedbackStore, ThresholdPolicy
 from llmflow.store import ArtifactStore
 from tasks import mbr_evidence
-from tasks.mbr_evidence import train_rows_of_model
 
 log = logging.getLogger("llmflow.serve")
 
@@ -133,7 +132,7 @@ def create_app(
         """The MBR evidence `serve.mbr_*` asks for, built once per champion (its neighbours come
         from the champion's own train split), as the evaluate step built it; None for none."""
         if path not in evidence_by_path:
-            rows = train_rows_of_model(path, store) if path and cfg.mbr_neighbors else []
+            rows = mbr_evidence.train_rows_of_model(path, store) if path and cfg.mbr_neighbors else []
             if cfg.mbr_neighbors and not rows:
                 log.warning("serve.mbr_neighbors: %s has no train split in the store: no neighbours", path)
             evidence_by_path.clear()  # one champion at a time

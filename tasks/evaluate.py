@@ -33,7 +33,6 @@ from tasks import bias as bias_mod
 from tasks import mbr_evidence
 from tasks import metrics as M
 from tasks.common import step_task
-from tasks.mbr_evidence import read_train_rows
 
 VERSION = 1
 HIGHER_IS_BETTER = {*M.MEAN_METRICS, "bleu", "chrf", "counterfactual_identical_rate"}
@@ -123,7 +122,7 @@ def evaluate_step(ctx: StepContext) -> dict[str, Any]:
     model, tokenizer = load_model(ctx.input_path("model"))
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, **decoding(cfg))
     boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
-    train_rows = read_train_rows(ctx.input_path("task"))
+    train_rows = mbr_evidence.read_train_rows(ctx.input_path("task"))
     evidence = mbr_evidence.from_config(cfg, train_rows) if cfg.mbr_samples else None  # MBR's choice only
 
     def generate_all(prompts: list[str], what: str) -> list[str]:
