@@ -17,7 +17,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -59,6 +61,11 @@ def _start_prefect() -> None:
     if PREFECT_API_URL.value():
         return
     from prefect.server.api.server import SubprocessASGIServer
+
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so Prefect's exit hook stops the server;
+    # Python's default would end the process at once and leave the server running.
+    if threading.current_thread() is threading.main_thread():  # only there may a handler be set
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     try:
         SubprocessASGIServer().start()

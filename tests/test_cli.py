@@ -216,3 +216,36 @@ def test_prefect_console_logs_no_traceback_for_an_expected_failure():
     quiet, loud = record(InputError("source 'a': fix its path")), record(ValueError("a bug"))
     assert _OneLineFailures("h").filter(quiet) and quiet.exc_info is None
     assert _OneLineFailures("h").filter(loud) and loud.exc_info is not None
+
+
+@pytest.mark.slow
+def test_a_terminated_run_stops_its_temporary_prefect_server(tmp_path):
+    """SIGTERM (a scheduler, `kill`) ends `llmflow run` like Ctrl-C: the temporary Prefect server it
+    started is stopped, not left running."""
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen(
+        [*LLMFLOW, "run", "--config", "smoke", "--home", str(tmp_path / "home")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, servers = time.time() + 180, []
+        while not servers and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            servers = [k for k in kids if "uvicorn" in " ".join(k.cmdline())]
+        assert servers, "the temporary Prefect server never started"
+        time.sleep(3)  # into the flow run
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
