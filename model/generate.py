@@ -9,6 +9,7 @@ import torch
 
 from model.chat import ROLE_TOKENS, end_marker, fit_prompt, format_prompt
 from model.mbr import Evidence
+from model.sampling import sample_continuations, supports
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
@@ -264,17 +265,30 @@ def generate(
 
             if contrast:  # a fresh null branch for the samples
                 copy = _with_contrast(copy, model, null_ids, width, contrast, pad_id)
-            drawn = model.generate(
-                **_repeated_prompts(model, input_ids.to(device), attention.to(device), mbr_samples),
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=mbr_temperature,
-                eos_token_id=stop_ids,
-                pad_token_id=pad_id,
-                **copy,
-                **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
-            )
-            samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)
+            repeated = _repeated_prompts(model, input_ids.to(device), attention.to(device), mbr_samples)
+            if "num_return_sequences" in repeated or contrast or stop_text or not supports(model):
+                drawn = model.generate(
+                    **repeated,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=True,
+                    temperature=mbr_temperature,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                    **copy,
+                    **({"stop_strings": stop_text, "tokenizer": tokenizer} if stop_text else {}),
+                )
+                samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)
+            else:  # the same draws without transformers' per-step overheads (model/sampling.py)
+                bias = copy["logits_processor"][0].bias.repeat_interleave(mbr_samples, 0) if copy else None
+                drawn = sample_continuations(
+                    model,
+                    repeated,
+                    max_new_tokens=max_new_tokens,
+                    temperature=mbr_temperature,
+                    stop_ids=stop_ids,
+                    row_bias=None if bias is None else bias.to(device),
+                )
+                samples = [tokenizer.decode(ids, skip_special_tokens=True) for ids in drawn]
             answers = [
                 choose(
                     [a, *samples[j * mbr_samples : (j + 1) * mbr_samples]],

@@ -57,11 +57,16 @@ def test_generate_with_mbr_is_seeded_and_picks_a_candidate(tmp_path):
 
 @pytest.mark.parametrize("copy_bias", [0.0, 2.0])
 def test_samples_from_the_shared_prompt_cache_are_transformers_own(tmp_path, monkeypatch, copy_bias):
-    """MBR's samples run each prompt once and repeat its KV cache (`_repeated_prompts`); with the
-    same seed they are token for token the samples of transformers' `num_return_sequences`, which
-    runs the prompt once per sample: left padding (prompts of different lengths), the copy bias's
-    repeated rows and the candidates MBR sees are all the same."""
+    """MBR's samples run each prompt once and repeat its KV cache (`_repeated_prompts`); drawn by
+    transformers' `generate` (the reference of benchmarks/mbr_sampling.py, and what generate()
+    still does with a null contrast or stop strings), with the same seed they are token for token
+    the samples of `num_return_sequences`, which runs the prompt once per sample: left padding
+    (prompts of different lengths), the copy bias's repeated rows and the candidates MBR sees are
+    all the same."""
     import model.generate as G
+    from benchmarks.mbr_sampling import transformers_draws
+
+    monkeypatch.setattr(G, "sample_continuations", transformers_draws)
 
     tok = tiny_tokenizer_dir(tmp_path / "tok")
     model, tokenizer = G.load(tiny_model_dir(tmp_path / "m", tok), "cpu")
