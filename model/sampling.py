@@ -96,9 +96,9 @@ def sample_continuations(
     each cut before its first stop id. `row_bias` (rows x vocab) is added to the row's logits at
     every step (the copy bias). `top_k` and `top_p` default to the model's generation config, as
     in transformers; the caller checks `supports(model)` first."""
-    from model.generate import _cache_arg
-
-    name = _cache_arg(model)
+    if not temperature > 0:
+        raise ValueError(f"sampling needs a temperature > 0, got {temperature}")
+    name = next(k for k in inputs if k not in ("input_ids", "attention_mask"))  # the cache's argument
     cache = inputs[name]
     mask = inputs["attention_mask"]
     current = inputs["input_ids"][:, -1:]

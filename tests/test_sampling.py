@@ -111,3 +111,15 @@ def test_a_generation_config_beyond_top_k_and_top_p_is_left_to_transformers(tmp_
     model.generation_config.repetition_penalty = 1.3
     assert not S.supports(model)
     assert len(G.generate(model, tokenizer, ["read the file"], **kw)) == 1 and calls == [1]
+
+
+def test_a_temperature_of_zero_is_refused(tmp_path):
+    import model.generate as G
+    from model.sampling import sample_continuations
+
+    tok = tiny_tokenizer_dir(tmp_path / "tok")
+    model, tokenizer = G.load(tiny_model_dir(tmp_path / "m", tok), "cpu")
+    ids = torch.tensor([G.encode_prompt(tokenizer, "read the file", 100)[0]])
+    inputs = G._repeated_prompts(model, ids, torch.ones_like(ids), 2)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        sample_continuations(model, inputs, max_new_tokens=4, temperature=0.0, stop_ids=[2])
