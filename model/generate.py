@@ -63,13 +63,15 @@ class CopyBias:
             self.bias[i, keep] = bias
         self._placed: tuple | None = None
 
+    def per_row(self, repeats: int) -> torch.Tensor:
+        """The bias of each row when every prompt is repeated `repeats` times, prompt by prompt."""
+        return self.bias.repeat_interleave(repeats, dim=0) if repeats > 1 else self.bias
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         key = (scores.device, scores.dtype, scores.shape[0])
         if self._placed is None or self._placed[0] != key:  # moved and expanded once per generate
-            bias = self.bias.to(device=scores.device, dtype=scores.dtype)
-            if scores.shape[0] != bias.shape[0]:
-                bias = bias.repeat_interleave(scores.shape[0] // bias.shape[0], dim=0)
-            self._placed = (key, bias)
+            bias = self.per_row(scores.shape[0] // self.bias.shape[0])
+            self._placed = (key, bias.to(device=scores.device, dtype=scores.dtype))
         return scores + self._placed[1][:, : scores.shape[-1]]
 
 
@@ -279,14 +281,14 @@ def generate(
                 )
                 samples = _decode(tokenizer, drawn[:, width:], stop_ids, stop_text)
             else:  # the same draws without transformers' per-step overheads (model/sampling.py)
-                bias = copy["logits_processor"][0].bias.repeat_interleave(mbr_samples, 0) if copy else None
+                bias = copy["logits_processor"][0].per_row(mbr_samples).to(device) if copy else None
                 drawn = sample_continuations(
                     model,
                     repeated,
                     max_new_tokens=max_new_tokens,
                     temperature=mbr_temperature,
                     stop_ids=stop_ids,
-                    row_bias=None if bias is None else bias.to(device),
+                    row_bias=bias,
                 )
                 samples = [tokenizer.decode(ids, skip_special_tokens=True) for ids in drawn]
             answers = [

@@ -41,25 +41,29 @@ _NEUTRAL = {
 }
 
 
+def _setting(model, key: str):
+    """`key` of the model's generation config; None when it has no config or leaves it unset."""
+    return getattr(getattr(model, "generation_config", None), key, None)
+
+
 def supports(model) -> bool:
     """Whether this loop draws what transformers would for `model`: its generation config asks
     for nothing beyond temperature, top-k and top-p."""
-    config = getattr(model, "generation_config", None)
-    return all(getattr(config, k, None) in (None, [], v) for k, v in _NEUTRAL.items())
+    return all(_setting(model, k) in (None, [], v) for k, v in _NEUTRAL.items())
 
 
 def sampling_top_k(model, top_k: int | None) -> int | None:
     """The top-k `generate` would use: the argument, else the model's generation config, else 50;
     None when that is 0 (no cut)."""
     if top_k is None:
-        top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        top_k = _setting(model, "top_k")
         top_k = DEFAULT_TOP_K if top_k is None else top_k
     return top_k or None
 
 
 def sampling_top_p(model, top_p: float | None) -> float | None:
     """The top-p `generate` would use: the argument, else the model's generation config (None: 1)."""
-    return top_p if top_p is not None else getattr(getattr(model, "generation_config", None), "top_p", None)
+    return top_p if top_p is not None else _setting(model, "top_p")
 
 
 def draw(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
